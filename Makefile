@@ -1,0 +1,56 @@
+# poseserve — set-up is idempotent: the venv is (re)installed only when pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,convert,train
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+DEFAULT_MODEL ?= movenet-multipose
+SHARED ?= $(abspath ../shared)
+BENCH_OUT ?= bench-results
+PYTEST_ARGS ?=
+
+.PHONY: setup models run test lint pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# onnxruntime-gpu and plain onnxruntime share one module name: the one installed last wins.
+	@if $(BIN)/python -m pip show -q onnxruntime >/dev/null 2>&1; then \
+		echo "removing plain onnxruntime (onnxruntime-gpu provides the module)"; \
+		$(BIN)/python -m pip uninstall -q -y onnxruntime; \
+		$(BIN)/python -m pip install -q --force-reinstall --no-deps onnxruntime-gpu; fi
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+models: setup
+	$(BIN)/poseserve models pull $(DEFAULT_MODEL)
+
+run: models
+	$(BIN)/poseserve serve
+
+lint: setup
+	$(BIN)/ruff check service models tests
+	$(BIN)/ruff format --check service models tests
+	$(BIN)/mypy service models
+
+pytest: models
+	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test: lint pytest
+
+# 640x480 JPEG made from a real photo in ../shared (never copied into the project tree).
+$(BENCH_OUT)/bench-640x480.jpg: | setup
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -c "import cv2,sys; im=cv2.imread(sys.argv[1]); cv2.imwrite(sys.argv[2], cv2.resize(im,(640,480)), [cv2.IMWRITE_JPEG_QUALITY, 90])" \
+		$(SHARED)/data/pose_samples/images/crowdpose/$$(ls $(SHARED)/data/pose_samples/images/crowdpose | head -1) $@
+
+bench: models $(BENCH_OUT)/bench-640x480.jpg
+	$(BIN)/poseserve bench model $(DEFAULT_MODEL) --image $(BENCH_OUT)/bench-640x480.jpg --batch 1,8 --out $(BENCH_OUT)/model.json
+	$(BIN)/poseserve bench http --image $(BENCH_OUT)/bench-640x480.jpg --concurrency 1,8 --out $(BENCH_OUT)/http.json
+
+clean:
+	rm -rf $(VENV) $(BENCH_OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,91 @@
+"""Backend pipelines as pure functions around one model run: preprocess -> infer -> postprocess.
+
+numpy + OpenCV only (serving path). `preprocess` turns one RGB image into one input row (the
+engine stacks rows into a batch and runs the ONNX session); `postprocess` turns one image's slice
+of the raw outputs into `Persons` in image pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from models.codecs.movenet import decode_multipose
+from models.registry import BackendSpec
+from models.transforms import Letterbox, letterbox
+
+__all__ = ["MoveNetMultiPose", "Persons", "SingleStagePipeline", "make_single_stage"]
+
+NUM_KEYPOINTS = 17
+
+
+@dataclass(frozen=True)
+class Persons:
+    """People found in one image, sorted by score (descending).
+
+    keypoints: (P, 17, 3) x, y in image pixels and a score in [0, 1], COCO order.
+    boxes_xyxy: (P, 4) x1, y1, x2, y2 in image pixels.
+    scores: (P,) person scores in [0, 1].
+    """
+
+    keypoints: np.ndarray
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Persons:
+        return cls(
+            keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
+            boxes_xyxy=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def above(self, min_score: float) -> Persons:
+        keep = self.scores >= min_score
+        return Persons(self.keypoints[keep], self.boxes_xyxy[keep], self.scores[keep])
+
+
+class SingleStagePipeline(Protocol):
+    input_size: int
+
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """(H, W, 3) uint8 RGB -> one input row (no batch dim) and its geometry."""
+        ...
+
+    def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> Persons:
+        """One image's raw outputs (batch dim removed, session output order) -> persons."""
+        ...
+
+
+class MoveNetMultiPose:
+    """MoveNet MultiPose: int32 RGB NHWC letterboxed (top-left) to a square multiple of 32."""
+
+    def __init__(self, input_size: int) -> None:
+        if input_size % 32:
+            raise ValueError(f"MoveNet input size must be a multiple of 32, got {input_size}")
+        self.input_size = input_size
+
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        canvas, geometry = letterbox(image_rgb, self.input_size)
+        return canvas.astype(np.int32), geometry
+
+    def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> Persons:
+        decoded = decode_multipose(*outputs, input_size=self.input_size)
+        if len(decoded.scores) == 0:
+            return Persons.empty()
+        keypoints = decoded.keypoints.astype(np.float32).copy()
+        keypoints[..., :2] = geometry.to_image(keypoints[..., :2])
+        corners = geometry.to_image(decoded.boxes_xyxy.reshape(-1, 2, 2).astype(np.float32)).reshape(-1, 4)
+        return Persons(keypoints=keypoints, boxes_xyxy=corners, scores=decoded.scores.astype(np.float32))
+
+
+def make_single_stage(spec: BackendSpec, input_size: int | None = None) -> SingleStagePipeline:
+    size = input_size or spec.input_size
+    if spec.codec == "movenet-multipose":
+        return MoveNetMultiPose(size)
+    raise ValueError(f"backend {spec.name}: no single-stage pipeline for codec {spec.codec!r}")

@@ -1,0 +1,76 @@
+"""ONNX Runtime session wrapper: provider selection, thread counts, batched run.
+
+numpy + onnxruntime only (serving path). `onnxruntime-gpu` silently falls back to the CPU when
+CUDA is unusable, so the providers actually in use are read back from the session and exposed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["PROVIDER_NAMES", "OrtModel", "resolve_providers"]
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def resolve_providers(wanted: Sequence[str], *, fp16: bool = False) -> list[str | tuple[str, dict[str, str]]]:
+    """Map short names (`tensorrt`, `cuda`, `cpu`) to the ORT providers this build offers.
+
+    The CPU provider is always appended last so a session can always be created.
+    """
+    available = set(ort.get_available_providers())
+    chosen: list[str | tuple[str, dict[str, str]]] = []
+    for short in wanted:
+        full = PROVIDER_NAMES[short]
+        if full not in available or full == "CPUExecutionProvider":
+            continue
+        if full == "TensorrtExecutionProvider":
+            chosen.append((full, {"trt_fp16_enable": "True" if fp16 else "False"}))
+        else:
+            chosen.append(full)
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OrtModel:
+    """One inference session. Not thread-safe by contract: one `OrtModel` per worker thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: Sequence[str] = ("cuda", "cpu"),
+        intra_op_threads: int = 0,
+        fp16: bool = False,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.path = path
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=resolve_providers(providers, fp16=fp16)
+        )
+        self.providers: list[str] = self.session.get_providers()
+        inputs = self.session.get_inputs()
+        self.input_name: str = inputs[0].name
+        self.input_shape: list[int | str | None] = list(inputs[0].shape)
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        logger.info("loaded %s with providers %s", path.name, self.providers)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one batch (N, ...) and return every output in `output_names` order."""
+        outputs = self.session.run(self.output_names, {self.input_name: batch})
+        return [np.asarray(o) for o in outputs]

@@ -1,0 +1,151 @@
+"""Benchmarks: raw model throughput (`bench model`) and served throughput/latency (`bench http`).
+
+Numbers are measured, never asserted: tests do not time anything. Results print as a table and
+are written as JSON so runs can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from models.pipelines import make_single_stage
+from models.registry import get_spec
+from models.runtime import OrtModel
+from models.weights import WeightsStore
+from service.config import BackendSettings
+from service.imaging import decode_image
+
+__all__ = ["bench_http", "bench_model", "format_table", "percentile", "write_json"]
+
+logger = logging.getLogger(__name__)
+
+
+def percentile(values_ms: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values_ms, dtype=np.float64), q)) if values_ms else float("nan")
+
+
+def bench_model(
+    name: str,
+    store: WeightsStore,
+    settings: BackendSettings,
+    *,
+    batches: Sequence[int],
+    image: bytes,
+    min_seconds: float = 3.0,
+    min_iters: int = 5,
+) -> list[dict[str, Any]]:
+    """Time `session.run` alone (no pre/post-processing) at each batch size on a real image."""
+    spec = get_spec(name)
+    pipeline = make_single_stage(spec, settings.input_size)
+    model = OrtModel(
+        store.onnx_path(spec.weights),
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        fp16=settings.fp16,
+    )
+    row, _ = pipeline.preprocess(decode_image(image, max_pixels=100_000_000))
+    rows = []
+    for batch in batches:
+        x = np.stack([row] * batch)
+        for _ in range(2):
+            model.run(x)
+        times_ms: list[float] = []
+        started = time.perf_counter()
+        while len(times_ms) < min_iters or time.perf_counter() - started < min_seconds:
+            t = time.perf_counter()
+            model.run(x)
+            times_ms.append((time.perf_counter() - t) * 1000)
+        p50 = percentile(times_ms, 50)
+        rows.append(
+            {
+                "backend": name,
+                "batch": batch,
+                "input_size": pipeline.input_size,
+                "iters": len(times_ms),
+                "latency_p50_ms": round(p50, 2),
+                "latency_p99_ms": round(percentile(times_ms, 99), 2),
+                "throughput_ips": round(batch * 1000 / statistics.mean(times_ms), 2),
+                "providers": model.providers,
+            }
+        )
+    return rows
+
+
+async def _http_level(
+    url: str, image: bytes, content_type: str, concurrency: int, seconds: float, headers: dict[str, str]
+) -> dict[str, Any]:
+    latencies_ms: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+        await client.post(url, content=image, headers={"content-type": content_type, **headers})  # warm-up
+        stop_at = time.perf_counter() + seconds
+
+        async def user() -> None:
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                r = await client.post(url, content=image, headers={"content-type": content_type, **headers})
+                if r.status_code == 200:
+                    latencies_ms.append((time.perf_counter() - t) * 1000)
+                else:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies_ms),
+        "errors": errors,
+        "latency_p50_ms": round(percentile(latencies_ms, 50), 2),
+        "latency_p99_ms": round(percentile(latencies_ms, 99), 2),
+        "throughput_rps": round(len(latencies_ms) / elapsed, 2),
+    }
+
+
+def bench_http(
+    base_url: str,
+    image: bytes,
+    *,
+    concurrency: Sequence[int],
+    seconds: float,
+    backend: str | None = None,
+    content_type: str = "image/jpeg",
+    api_key: str | None = None,
+) -> list[dict[str, Any]]:
+    """Closed-loop load: `c` clients each send the next request as soon as the last returns."""
+    url = base_url.rstrip("/") + "/v1/pose" + (f"?backend={backend}" if backend else "")
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    return [asyncio.run(_http_level(url, image, content_type, c, seconds, headers)) for c in concurrency]
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += [
+        "  ".join(str(r.get(c, "")).rjust(w) for c, w in zip(columns, widths, strict=True)) for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, kind: str, rows: list[dict[str, Any]], **context: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "kind": kind,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        **context,
+        "rows": rows,
+    }
+    path.write_text(json.dumps(doc, indent=2))

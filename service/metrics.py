@@ -1,0 +1,81 @@
+"""Every Prometheus metric of the service, defined once (prefix `poseserve_`, base units).
+
+A `Metrics` object owns its own `CollectorRegistry`, so each app instance (and each test) has
+independent counters. Dashboards in `deploy/grafana` use only the names defined here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests_total = Counter(
+            "poseserve_requests_total",
+            "HTTP requests by route and status code",
+            ["route", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "poseserve_request_seconds",
+            "HTTP request duration",
+            ["route"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "poseserve_queue_wait_seconds",
+            "time from enqueue to batch start",
+            ["backend", "stage"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "poseserve_batch_size",
+            "items per inference batch",
+            ["backend", "stage"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "poseserve_inference_seconds",
+            "model run time per batch (excludes pre/post-processing)",
+            ["backend", "stage"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "poseserve_queue_depth", "items waiting for a batch", ["backend", "stage"], registry=r
+        )
+        self.items_dropped_total = Counter(
+            "poseserve_items_dropped_total",
+            "queued items that never reached inference, by reason (expired | cancelled | overloaded)",
+            ["backend", "stage", "reason"],
+            registry=r,
+        )
+        self.workers = Gauge("poseserve_workers", "inference worker threads by state", ["state"], registry=r)

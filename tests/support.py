@@ -1,0 +1,152 @@
+"""Shared test helpers: where ../shared is, real photos, bad inputs, metric parsing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.api import create_app
+from service.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """../shared (the team's data), or POSESERVE_SHARED_DIR."""
+    return Path(os.environ.get("POSESERVE_SHARED_DIR", REPO.parent / "shared")).resolve()
+
+
+def require_pose_samples() -> Path:
+    """The pose_samples folder (COCO keypoints json + images) or skip with the reason."""
+    root = shared_dir() / "data" / "pose_samples"
+    if not (root / "person_keypoints.json").is_file():
+        pytest.skip(f"real test data not found at {root} (set POSESERVE_SHARED_DIR to the shared folder)")
+    return root
+
+
+@cache
+def coco_samples() -> tuple[Path, dict]:
+    root = require_pose_samples()
+    return root, json.loads((root / "person_keypoints.json").read_text())
+
+
+def sample_jpeg(max_side: int = 640) -> bytes:
+    """A real photo with several people (from pose_samples), re-encoded as JPEG."""
+    root, coco = coco_samples()
+    counts: dict[int, int] = {}
+    for ann in coco["annotations"]:
+        counts[ann["image_id"]] = counts.get(ann["image_id"], 0) + 1
+    best = max(coco["images"], key=lambda im: (counts.get(im["id"], 0), im["id"]))
+    bgr = cv2.imread(str(root / best["file_name"]))
+    scale = max_side / max(bgr.shape[:2])
+    if scale < 1:
+        bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
+
+
+def noise_jpeg(w: int = 320, h: int = 240) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class BadInput:
+    name: str
+    body: bytes
+    content_type: str
+    status: int
+    code: str
+    query: str = ""
+    multipart: bool = False
+
+
+def bad_inputs(max_image_bytes: int) -> list[BadInput]:
+    """Every malformed request of DESIGN §3 with the status and error code it must get."""
+    good = noise_jpeg()
+    return [
+        BadInput("empty body", b"", "image/jpeg", 400, "invalid_image"),
+        BadInput("truncated jpeg", good[: len(good) // 2], "image/jpeg", 400, "invalid_image"),
+        BadInput("random bytes", np.random.default_rng(1).bytes(4096), "image/png", 400, "invalid_image"),
+        BadInput("text/plain", b"hello", "text/plain", 415, "unsupported_media_type"),
+        BadInput("no content type", good, "", 415, "unsupported_media_type"),
+        BadInput("header claims 30000x30000", png_claiming(30000, 30000), "image/png", 413, "too_large"),
+        BadInput(
+            "bytes over limit", b"\xff\xd8" + b"\0" * (max_image_bytes + 10), "image/jpeg", 413, "too_large"
+        ),
+        BadInput("unknown backend", good, "image/jpeg", 404, "unknown_backend", query="backend=nope"),
+        BadInput("min_score out of range", good, "image/jpeg", 422, "validation_error", query="min_score=7"),
+        BadInput("multipart without image field", good, "", 400, "invalid_image", multipart=True),
+    ]
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) for every sample of metric `name` in Prometheus text format."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m or m["name"] != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"] or ""))
+        out.append((labels, float(m["value"])))
+    return out
+
+
+def batches_larger_than_one(metrics_text: str, backend: str = "movenet-multipose") -> int:
+    """Number of batches of size > 1 recorded by poseserve_batch_size."""
+    total = sum(
+        v
+        for lb, v in metric_samples(metrics_text, "poseserve_batch_size_count")
+        if lb.get("backend") == backend
+    )
+    ones = sum(
+        v
+        for lb, v in metric_samples(metrics_text, "poseserve_batch_size_bucket")
+        if lb.get("backend") == backend and lb.get("le") == "1.0"
+    )
+    return int(total - ones)
+
+
+@asynccontextmanager
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, lifespan run (models loaded, workers started and stopped)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=30) as client:
+            yield client

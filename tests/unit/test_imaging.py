@@ -1,0 +1,79 @@
+"""Image decoding refuses bad bytes with typed errors, before decoding pixels where it can."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
+from service.imaging import decode_image
+
+pytestmark = pytest.mark.unit
+
+
+def encode(fmt: str, w: int = 64, h: int = 48) -> bytes:
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_header_only(w: int, h: int) -> bytes:
+    """A small PNG whose header claims w x h but that carries only a few bytes of pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+def test_decodes_accepted_formats(fmt: str) -> None:
+    rgb = decode_image(encode(fmt), max_pixels=10_000)
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+
+
+def test_empty_body() -> None:
+    with pytest.raises(InvalidImageError, match="empty"):
+        decode_image(b"", max_pixels=10_000)
+
+
+def test_random_bytes() -> None:
+    with pytest.raises(InvalidImageError):
+        decode_image(np.random.default_rng(0).bytes(5000), max_pixels=10_000)
+
+
+def test_truncated_jpeg() -> None:
+    data = encode("JPEG", 256, 256)
+    with pytest.raises(InvalidImageError, match=r"truncated|corrupt"):
+        decode_image(data[: len(data) // 2], max_pixels=1_000_000)
+
+
+def test_huge_header_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLargeError, match="30000x30000"):
+        decode_image(png_header_only(30000, 30000), max_pixels=40_000_000)
+
+
+def test_pixel_limit() -> None:
+    with pytest.raises(ImageTooLargeError):
+        decode_image(encode("PNG", 200, 100), max_pixels=19_999)
+
+
+def test_gif_is_unsupported() -> None:
+    with pytest.raises(UnsupportedMediaTypeError, match="GIF"):
+        decode_image(encode("GIF"), max_pixels=10_000)
+
+
+def test_exif_orientation_applied() -> None:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    Image.new("RGB", (64, 32)).save(buf, format="JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), max_pixels=10_000).shape == (64, 32, 3)

@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 models: setup
-	$(BIN)/poseserve models pull $(DEFAULT_MODEL)
+	$(BIN)/poseserve models pull $(DEFAULT_MODEL) --parity-images $(SHARED)/data/pose_samples/images
 
 run: models
 	$(BIN)/poseserve serve

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models.codecs.movenet import decode_multipose
+from models.codecs import movenet
 from models.registry import BackendSpec
 from models.transforms import Letterbox, letterbox
 
@@ -75,7 +75,7 @@ class MoveNetMultiPose:
         return canvas.astype(np.int32), geometry
 
     def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> Persons:
-        decoded = decode_multipose(*outputs, input_size=self.input_size)
+        decoded = movenet.decode(outputs)
         if len(decoded.scores) == 0:
             return Persons.empty()
         keypoints = decoded.keypoints.astype(np.float32).copy()

@@ -24,12 +24,20 @@ PROVIDER_NAMES = {
 }
 
 
+def nvidia_device_present() -> bool:
+    """True when an NVIDIA driver is loaded (the GPU providers cannot work without one)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
 def resolve_providers(wanted: Sequence[str], *, fp16: bool = False) -> list[str | tuple[str, dict[str, str]]]:
     """Map short names (`tensorrt`, `cuda`, `cpu`) to the ORT providers this build offers.
 
-    The CPU provider is always appended last so a session can always be created.
+    GPU providers are skipped where no NVIDIA driver is present (onnxruntime-gpu would only log
+    load failures and fall back). The CPU provider is always last so a session can be created.
     """
     available = set(ort.get_available_providers())
+    if not nvidia_device_present():
+        available &= {"CPUExecutionProvider"}
     chosen: list[str | tuple[str, dict[str, str]]] = []
     for short in wanted:
         full = PROVIDER_NAMES[short]

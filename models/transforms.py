@@ -1,4 +1,5 @@
-"""Image geometry shared by every backend: letterbox to a square input and its exact inverse.
+"""Image geometry shared by every backend: letterbox to a square input, affine person crops,
+horizontal flips, and their exact inverses.
 
 numpy + OpenCV only (serving path). Coordinates are pixels, x right, y down; pixel centres are at
 integer coordinates (the OpenCV convention), so a point maps by
@@ -12,7 +13,27 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Letterbox", "letterbox"]
+__all__ = [
+    "COCO_FLIP_PAIRS",
+    "CropBox",
+    "Letterbox",
+    "crop_box",
+    "flip_keypoints",
+    "letterbox",
+    "warp_crops",
+]
+
+COCO_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
+    (1, 2),
+    (3, 4),
+    (5, 6),
+    (7, 8),
+    (9, 10),
+    (11, 12),
+    (13, 14),
+    (15, 16),
+)
+"""Left/right COCO-17 joint pairs (eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +74,8 @@ def letterbox(image: np.ndarray, size: int, *, center: bool = False) -> tuple[np
     h, w = image.shape[:2]
     scale = size / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    # bilinear, as the models were trained (INTER_AREA scored lower: 0.262 vs 0.278 AP on pose_samples)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_x = (size - new_w) // 2 if center else 0
     pad_y = (size - new_h) // 2 if center else 0
     canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
@@ -68,3 +89,80 @@ def letterbox(image: np.ndarray, size: int, *, center: bool = False) -> tuple[np
         pad_y=float(pad_y),
         image_wh=(w, h),
     )
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """An axis-aligned image region that maps onto a crop of `out_wh` pixels (top-down models).
+
+    center_xy and size_wh are image pixels; size_wh has the crop's aspect ratio.
+    """
+
+    center_xy: tuple[float, float]
+    size_wh: tuple[float, float]
+    out_wh: tuple[int, int]
+
+    def matrix(self) -> np.ndarray:
+        """(2, 3) affine image -> crop, mapping pixel centres like `cv2.resize` does."""
+        (cx, cy), (w, h), (ow, oh) = self.center_xy, self.size_wh, self.out_wh
+        sx, sy = ow / w, oh / h
+        return np.array(
+            [[sx, 0.0, (w / 2 - cx) * sx - 0.5 + sx / 2], [0.0, sy, (h / 2 - cy) * sy - 0.5 + sy / 2]],
+            dtype=np.float64,
+        )
+
+    def to_image(self, points_xy: np.ndarray) -> np.ndarray:
+        """Map (..., 2) crop-pixel points back to image pixels (exact inverse of `to_crop`)."""
+        m = self.matrix()
+        out = np.empty(points_xy.shape, dtype=np.float32)
+        out[..., 0] = (points_xy[..., 0] - m[0, 2]) / m[0, 0]
+        out[..., 1] = (points_xy[..., 1] - m[1, 2]) / m[1, 1]
+        return out
+
+    def to_crop(self, points_xy: np.ndarray) -> np.ndarray:
+        m = self.matrix()
+        out = np.empty(points_xy.shape, dtype=np.float32)
+        out[..., 0] = points_xy[..., 0] * m[0, 0] + m[0, 2]
+        out[..., 1] = points_xy[..., 1] * m[1, 1] + m[1, 2]
+        return out
+
+
+def crop_box(box_xyxy: np.ndarray, out_wh: tuple[int, int], *, padding: float = 1.25) -> CropBox:
+    """The region around a person box, grown to the crop's aspect ratio and then by `padding`."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy[:4])
+    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    aspect = out_wh[0] / out_wh[1]
+    if w > aspect * h:
+        h = w / aspect
+    else:
+        w = h * aspect
+    return CropBox(
+        center_xy=((x1 + x2) / 2, (y1 + y2) / 2), size_wh=(w * padding, h * padding), out_wh=out_wh
+    )
+
+
+def warp_crops(image: np.ndarray, boxes: list[CropBox]) -> np.ndarray:
+    """Cut every `CropBox` out of (H, W, C) `image`: (B, out_h, out_w, C), zeros outside the image."""
+    if not boxes:
+        return np.zeros((0, 0, 0, image.shape[2]), dtype=image.dtype)
+    ow, oh = boxes[0].out_wh
+    crops = np.empty((len(boxes), oh, ow, image.shape[2]), dtype=image.dtype)
+    for i, box in enumerate(boxes):
+        if box.out_wh != (ow, oh):
+            raise ValueError("every crop in one call must share out_wh")
+        crops[i] = cv2.warpAffine(
+            image, box.matrix(), (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        ).reshape(oh, ow, -1)
+    return crops
+
+
+def flip_keypoints(keypoints: np.ndarray, width: int) -> np.ndarray:
+    """Mirror (..., 17, C) keypoints of a `width`-pixel-wide horizontally flipped input back.
+
+    x becomes `width - 1 - x` and left/right joints swap; extra channels (scores) follow their joint.
+    """
+    out = keypoints.copy()
+    out[..., 0] = width - 1 - keypoints[..., 0]
+    for left, right in COCO_FLIP_PAIRS:
+        out[..., [left, right], :] = out[..., [right, left], :]
+    return out

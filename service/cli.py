@@ -34,9 +34,7 @@ app.add_typer(bench_app, name="bench")
 
 def _settings(**overrides: Any) -> Settings:
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
 
 
@@ -55,9 +53,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (0 = any free port)")] = None,
     backend: Annotated[str | None, typer.Option(help="default backend")] = None,
-    allow_untrained: Annotated[
-        bool | None, typer.Option(help="serve backends without trained weights")
-    ] = None,
+    allow_untrained: Annotated[bool | None, typer.Option(help="serve backends without trained weights")] = None,
 ) -> None:
     """Serve the HTTP API (settings from POSESERVE_* environment variables and these options)."""
     import uvicorn
@@ -65,7 +61,7 @@ def serve(
     from service.api import create_app
 
     settings = _settings(host=host, port=port, default_backend=backend, allow_untrained=allow_untrained)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -73,6 +69,16 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    # Our own listening socket, so accepted connections inherit a bounded kernel send buffer:
+    # a WebSocket client that stops reading then backs up into our bounded queues within
+    # ~100 KB instead of megabytes of autotuned kernel buffer per connection.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.socket_send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes)
+    sock.bind((settings.host, settings.port))
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @models_app.command("pull")
@@ -105,10 +111,7 @@ def models_pull(
 def models_list() -> None:
     """List every pullable model and whether it is present."""
     store = WeightsStore(_settings().model_dir)
-    rows = [
-        {"name": r["name"], "present": r["present"], "path": str(store.onnx_path(r["name"]))}
-        for r in store.list()
-    ]
+    rows = [{"name": r["name"], "present": r["present"], "path": str(store.onnx_path(r["name"]))} for r in store.list()]
     typer.echo(format_table(rows, ["name", "present", "path"]))
 
 
@@ -130,11 +133,7 @@ def bench_model_cmd(
         image=image.read_bytes(),
         min_seconds=seconds,
     )
-    typer.echo(
-        format_table(
-            rows, ["backend", "batch", "iters", "latency_p50_ms", "latency_p99_ms", "throughput_ips"]
-        )
-    )
+    typer.echo(format_table(rows, ["backend", "batch", "iters", "latency_p50_ms", "latency_p99_ms", "throughput_ips"]))
     write_json(out, "model", rows, image=str(image), backend_settings=settings.backend(name).model_dump())
     typer.echo(f"wrote {out}")
 
@@ -203,9 +202,7 @@ def bench_http_cmd(
             api_key=api_key,
         )
     typer.echo(
-        format_table(
-            rows, ["concurrency", "requests", "latency_p50_ms", "latency_p99_ms", "throughput_rps", "errors"]
-        )
+        format_table(rows, ["concurrency", "requests", "latency_p50_ms", "latency_p99_ms", "throughput_rps", "errors"])
     )
     write_json(out, "http", rows, image=str(image), url=url or "spawned", backend=backend)
     typer.echo(f"wrote {out}")

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.weights import DEFAULT_MODEL_DIR
 
-__all__ = ["BackendSettings", "Provider", "Settings"]
+__all__ = ["BackendSettings", "Provider", "Settings", "StreamSettings"]
 
 Provider = Literal["tensorrt", "cuda", "cpu"]
 
@@ -41,11 +41,34 @@ class BackendSettings(BaseModel):
         return self
 
 
+class StreamSettings(BaseModel):
+    """Camera subscriptions: limits, the URL allow-list (SSRF guard), reader timeouts, freshness."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_streams: int = Field(16, ge=0)
+    allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
+    allow_file: bool = Field(False, description="accept file:// URLs (local videos; off for network services)")
+    allowed_hosts: tuple[str, ...] = Field((), description="if set, only these hosts (names or CIDRs)")
+    block_private: bool = Field(False, description="refuse RFC 1918 / ULA addresses")
+    block_loopback: bool = Field(False, description="refuse 127.0.0.0/8 and ::1")
+    open_timeout_ms: int = Field(3000, ge=100)
+    read_timeout_ms: int = Field(2000, ge=100)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(10.0, gt=0)
+    default_max_fps: float = Field(10.0, gt=0, le=120)
+    frame_max_age_ms: float = Field(500.0, gt=0, description="frames older than this are dropped, not inferred")
+    ws_queue_messages: int = Field(16, ge=1, description="per WebSocket client; the oldest is dropped when full")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSESERVE_", env_nested_delimiter="__", extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    socket_send_buffer_bytes: int | None = Field(
+        65536, ge=4096, description="SO_SNDBUF of client connections; None = kernel autotuning"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     default_backend: str = "movenet-multipose"
@@ -65,6 +88,8 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(256, ge=1, description="requests decoding or queued at once")
     decode_threads: int = Field(2, ge=1, le=64)
     min_person_score: float = Field(0.2, ge=0, le=1)
+
+    streams: StreamSettings = StreamSettings()
 
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
     redis_url: str | None = None

@@ -146,9 +146,7 @@ class StageRunner(Generic[In, Out, Session]):
                     self._metrics.items_dropped_total.labels(**self._labels, reason="expired").inc()
                     if p.item.future.set_running_or_notify_cancel():
                         p.item.future.set_exception(
-                            DeadlineExceededError(
-                                f"{self.backend}/{self.stage}: deadline passed while queued"
-                            )
+                            DeadlineExceededError(f"{self.backend}/{self.stage}: deadline passed while queued")
                         )
                 batch = self._batcher.pop_batch()
                 if batch:
@@ -176,9 +174,7 @@ class StageRunner(Generic[In, Out, Session]):
                 self._metrics.workers.labels(state="busy").dec()
                 self._metrics.workers.labels(state="idle").inc()
 
-    def _execute(
-        self, session: Session, jobs: list[_Job[In, Out]], enqueued: list[float], started: float
-    ) -> None:
+    def _execute(self, session: Session, jobs: list[_Job[In, Out]], enqueued: list[float], started: float) -> None:
         try:
             outputs, inference_s = self._run_batch(session, [j.payload for j in jobs])
         except Exception as exc:
@@ -191,6 +187,4 @@ class StageRunner(Generic[In, Out, Session]):
         for job, enqueued_at, out in zip(jobs, enqueued, outputs, strict=True):
             queue_s = started - enqueued_at
             self._metrics.queue_wait_seconds.labels(**self._labels).observe(queue_s)
-            job.future.set_result(
-                ItemResult(value=out, queue_s=queue_s, inference_s=inference_s, batch_size=len(jobs))
-            )
+            job.future.set_result(ItemResult(value=out, queue_s=queue_s, inference_s=inference_s, batch_size=len(jobs)))

@@ -37,16 +37,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(str(exc)) from exc
     if image.format not in _ACCEPTED_FORMATS:
-        raise UnsupportedMediaTypeError(
-            f"image format {image.format} is not accepted (use JPEG, PNG, WebP or BMP)"
-        )
+        raise UnsupportedMediaTypeError(f"image format {image.format} is not accepted (use JPEG, PNG, WebP or BMP)")
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-        )
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     try:
         image.load()
         upright = ImageOps.exif_transpose(image) or image

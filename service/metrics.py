@@ -6,9 +6,14 @@ independent counters. Dashboards in `deploy/grafana` use only the names defined 
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+__all__ = ["FRAME_OUTCOMES", "STREAM_STATES", "Metrics"]
+
+FRAME_OUTCOMES = ("processed", "dropped_stale", "dropped_overload", "decode_error", "skipped")
+STREAM_STATES = ("connecting", "live", "reconnecting", "failed", "stopped")
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -69,9 +74,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            "poseserve_queue_depth", "items waiting for a batch", ["backend", "stage"], registry=r
-        )
+        self.queue_depth = Gauge("poseserve_queue_depth", "items waiting for a batch", ["backend", "stage"], registry=r)
         self.items_dropped_total = Counter(
             "poseserve_items_dropped_total",
             "queued items that never reached inference, by reason (expired | cancelled | overloaded)",
@@ -79,3 +82,55 @@ class Metrics:
             registry=r,
         )
         self.workers = Gauge("poseserve_workers", "inference worker threads by state", ["state"], registry=r)
+
+        # camera streams (label `stream` = the stream's name; bounded by streams.max_streams)
+        self.stream_frames_total = Counter(
+            "poseserve_stream_frames_total",
+            "camera frames by outcome (one of FRAME_OUTCOMES)",
+            ["stream", "outcome"],
+            registry=r,
+        )
+        self.stream_input_fps = Gauge(
+            "poseserve_stream_input_fps", "frames/s read from the camera", ["stream"], registry=r
+        )
+        self.stream_result_fps = Gauge("poseserve_stream_result_fps", "results/s produced", ["stream"], registry=r)
+        self.stream_result_age_seconds = Histogram(
+            "poseserve_stream_result_age_seconds",
+            "capture -> result sent",
+            ["stream"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.stream_state = Gauge(
+            "poseserve_stream_state", "1 for the stream's current state", ["stream", "state"], registry=r
+        )
+        self.stream_reconnects_total = Counter(
+            "poseserve_stream_reconnects_total", "camera reconnections", ["stream"], registry=r
+        )
+        self.ws_clients = Gauge("poseserve_ws_clients", "connected WebSocket clients", ["stream"], registry=r)
+        self.ws_messages_dropped_total = Counter(
+            "poseserve_ws_messages_dropped_total",
+            "messages a slow client never got (oldest dropped)",
+            ["stream"],
+            registry=r,
+        )
+
+    def forget_stream(self, stream: str) -> None:
+        """Remove every series of a deleted stream."""
+        for metric in (
+            self.stream_input_fps,
+            self.stream_result_fps,
+            self.stream_result_age_seconds,
+            self.stream_reconnects_total,
+            self.ws_clients,
+            self.ws_messages_dropped_total,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(stream)
+        for metric, values in (
+            (self.stream_frames_total, FRAME_OUTCOMES),
+            (self.stream_state, STREAM_STATES),
+        ):
+            for value in values:
+                with contextlib.suppress(KeyError):
+                    metric.remove(stream, value)

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from pydantic import BaseModel, Field
 
-__all__ = ["BackendInfo", "ErrorBody", "ErrorResponse", "ImageSize", "Person", "PoseResponse", "Timing"]
+from models.pipelines import Persons
+
+__all__ = [
+    "BackendInfo",
+    "ErrorBody",
+    "ErrorResponse",
+    "ImageSize",
+    "Person",
+    "PoseResponse",
+    "StreamCreate",
+    "StreamInfo",
+    "Timing",
+    "persons_json",
+]
+
+
+def persons_json(persons: Persons) -> list[dict[str, Any]]:
+    """`Persons` as JSON-ready dicts (pixels to 0.01 px, scores to 1e-4)."""
+    keypoints = np.round(persons.keypoints.astype(np.float64), 2).tolist()
+    boxes = np.round(persons.boxes_xyxy.astype(np.float64), 2).tolist()
+    scores = np.round(persons.scores.astype(np.float64), 4).tolist()
+    return [{"score": s, "bbox": b, "keypoints": k} for s, b, k in zip(scores, boxes, keypoints, strict=True)]
 
 
 class Person(BaseModel):
@@ -55,3 +79,30 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class StreamCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    url: str = Field(min_length=1, max_length=2048, description="rtsp://, rtsps://, http(s):// (file:// when enabled)")
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: str | None = None
+    max_fps: float | None = Field(None, gt=0, le=120)
+
+
+class StreamInfo(BaseModel):
+    id: str
+    name: str
+    url: str
+    backend: str
+    max_fps: float
+    state: str
+    created_at: float
+    input_fps: float
+    result_fps: float
+    last_frame_age_s: float | None
+    reconnects: int
+    frames: dict[str, int]
+    drops: dict[str, int]
+    reader_cpu_s: float
+    ws_clients: int

@@ -6,10 +6,14 @@ import io
 import json
 import os
 import re
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -69,10 +73,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
     )
 
 
@@ -103,9 +104,7 @@ def bad_inputs(max_image_bytes: int) -> list[BadInput]:
         BadInput("text/plain", b"hello", "text/plain", 415, "unsupported_media_type"),
         BadInput("no content type", good, "", 415, "unsupported_media_type"),
         BadInput("header claims 30000x30000", png_claiming(30000, 30000), "image/png", 413, "too_large"),
-        BadInput(
-            "bytes over limit", b"\xff\xd8" + b"\0" * (max_image_bytes + 10), "image/jpeg", 413, "too_large"
-        ),
+        BadInput("bytes over limit", b"\xff\xd8" + b"\0" * (max_image_bytes + 10), "image/jpeg", 413, "too_large"),
         BadInput("unknown backend", good, "image/jpeg", 404, "unknown_backend", query="backend=nope"),
         BadInput("min_score out of range", good, "image/jpeg", 422, "validation_error", query="min_score=7"),
         BadInput("multipart without image field", good, "", 400, "invalid_image", multipart=True),
@@ -130,9 +129,7 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 def batches_larger_than_one(metrics_text: str, backend: str = "movenet-multipose") -> int:
     """Number of batches of size > 1 recorded by poseserve_batch_size."""
     total = sum(
-        v
-        for lb, v in metric_samples(metrics_text, "poseserve_batch_size_count")
-        if lb.get("backend") == backend
+        v for lb, v in metric_samples(metrics_text, "poseserve_batch_size_count") if lb.get("backend") == backend
     )
     ones = sum(
         v
@@ -150,3 +147,49 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=30) as client:
             yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(model_dir: Path, log_path: Path, **env_overrides: str) -> Iterator[tuple[str, int]]:
+    """`poseserve serve` as a subprocess on an ephemeral loopback port: (base url, pid).
+
+    Waits (90 s at most) for /readyz; always terminated (then killed) on exit.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "POSESERVE_PORT": str(port),
+        "POSESERVE_HOST": "127.0.0.1",
+        "POSESERVE_MODEL_DIR": str(model_dir),
+        **env_overrides,
+    }
+    with log_path.open("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"server exited early: {log.read()[-4000:]}")
+                with suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "server not ready within 90 s"
+                time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)

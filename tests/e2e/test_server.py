@@ -3,67 +3,29 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import bad_inputs, batches_larger_than_one, sample_jpeg
+from tests.support import bad_inputs, batches_larger_than_one, running_server, sample_jpeg
 
 pytestmark = pytest.mark.e2e
 
 MAX_BYTES = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
+    log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
-        **os.environ,
-        "POSESERVE_PORT": str(port),
-        "POSESERVE_HOST": "127.0.0.1",
-        "POSESERVE_MODEL_DIR": str(model_dir),
         "POSESERVE_MAX_IMAGE_BYTES": str(MAX_BYTES),
         "POSESERVE_BATCHING__MAX_WAIT_MS": "20",
         "POSESERVE_BATCHING__INTRA_OP_THREADS": "2",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"server exited early: {log.seek(0) or log.read()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready within 90 s"
-            time.sleep(0.2)
+    with running_server(model_dir, log, **env) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
 
 
 def test_bad_inputs_then_still_ready(server: str) -> None:
@@ -105,9 +67,7 @@ def test_sixteen_concurrent_requests_batch_together(server: str) -> None:
 
 
 def test_curl_multipart_like_the_readme(server: str) -> None:
-    r = httpx.post(
-        f"{server}/v1/pose", files={"image": ("person.jpg", sample_jpeg(), "image/jpeg")}, timeout=30
-    )
+    r = httpx.post(f"{server}/v1/pose", files={"image": ("person.jpg", sample_jpeg(), "image/jpeg")}, timeout=30)
     assert r.status_code == 200
     persons = r.json()["persons"]
     assert len(persons) >= 2 and all(len(p["keypoints"]) == 17 for p in persons)

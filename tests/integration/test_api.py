@@ -73,9 +73,7 @@ def test_min_score_filters(model_dir: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> list[list[dict[str, Any]]]:
         out = []
         for q in ("0", "0.99"):
-            r = await client.post(
-                f"/v1/pose?min_score={q}", content=image, headers={"content-type": "image/jpeg"}
-            )
+            r = await client.post(f"/v1/pose?min_score={q}", content=image, headers={"content-type": "image/jpeg"})
             out.append(r.json()["persons"])
         return out
 
@@ -107,10 +105,7 @@ def test_concurrent_requests_share_batches(model_dir: Path) -> None:
 
     async def scenario(client: httpx.AsyncClient) -> tuple[list[int], str]:
         responses = await asyncio.gather(
-            *(
-                client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"})
-                for _ in range(16)
-            )
+            *(client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"}) for _ in range(16))
         )
         metrics = await client.get("/metrics")
         return [r.status_code for r in responses], metrics.text
@@ -130,10 +125,7 @@ def test_full_queue_answers_503_with_retry_after(model_dir: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
         return list(
             await asyncio.gather(
-                *(
-                    client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"})
-                    for _ in range(12)
-                )
+                *(client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"}) for _ in range(12))
             )
         )
 

@@ -1,0 +1,152 @@
+"""The application factory: lifespan (models, workers, streams), middleware, errors, health.
+
+The event loop never blocks: decoding and preprocessing run on a small thread pool, models run
+on the backends' worker threads, and every await on a result has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.weights import WeightsStore
+from service.api import pose, streams
+from service.api.deps import STATUS, Services, Unauthorized, error_response
+from service.backends import BackendManager
+from service.config import Settings
+from service.errors import OverloadedError, ServeError
+from service.metrics import Metrics
+from service.schemas import ErrorResponse
+from service.streams.manager import StreamManager
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503, 504)
+}
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI:
+    """Build the app; models load, workers and streams start in its lifespan."""
+    metrics = metrics or Metrics()
+    backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
+    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    stream_manager = StreamManager(
+        settings.streams,
+        backends,
+        metrics,
+        decode_pool,
+        default_backend=settings.default_backend,
+        inference_timeout_s=settings.request_timeout_s,
+        min_person_score=settings.min_person_score,
+    )
+    svc = Services(settings, metrics, backends, stream_manager, decode_pool)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            for name in settings.preload:
+                try:
+                    await run_in_threadpool(backends.get, name)
+                except ServeError as exc:
+                    logger.warning("backend %s not preloaded: %s", name, exc.message)
+            stream_manager.start()
+            yield
+        finally:
+            await stream_manager.close()
+            backends.close()
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="poseserve",
+        version="0.1.0",
+        description="Real-time multi-person pose inference: COCO-17 keypoints per person.",
+        lifespan=lifespan,
+        responses=_ERROR_RESPONSES,
+    )
+    app.state.services = svc
+    app.include_router(pose.router)
+    app.include_router(streams.router)
+    app.include_router(streams.ws_router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests_total.labels(route=path, code=str(response.status_code)).inc()
+        metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ServeError)
+    async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
+        headers = None
+        if isinstance(exc, OverloadedError):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        elif isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return error_response(422, "validation_error", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal", "internal error; see the server log")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        problems = []
+        if backends.loaded(settings.default_backend) is None:
+            problems.append(f"default backend {settings.default_backend} is not loaded")
+        if not backends.healthy():
+            problems.append("a backend has dead workers")
+        if settings.redis_url and not await _redis_reachable(settings.redis_url):
+            problems.append("redis is unreachable")
+        if problems:
+            return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(await asyncio.wait_for(client.ping(), timeout=timeout_s * 2))
+    except (OSError, TimeoutError, aioredis.RedisError):
+        return False
+    finally:
+        await client.aclose()

@@ -1,0 +1,141 @@
+"""`POST /v1/pose` and `GET /v1/backends`.
+
+The body is read with a byte cap, decoded and preprocessed on the decode pool (never on the event
+loop), batched by the backend's runner, and awaited with the request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.api.deps import Services, require_key, services
+from service.backends import LoadedBackend, Prepared
+from service.errors import (
+    DeadlineExceededError,
+    ImageTooLargeError,
+    InvalidImageError,
+    OverloadedError,
+    UnsupportedMediaTypeError,
+)
+from service.imaging import ACCEPTED_MEDIA_TYPES, decode_image
+from service.schemas import BackendInfo, PoseResponse, persons_json
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with `too_large` as soon as it passes `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ImageTooLargeError(f"body is {declared} bytes; the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ImageTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _image_bytes(request: Request, max_bytes: int) -> bytes:
+    """Image bytes from a multipart `image` field or a raw `image/*` body."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        body = await _read_body(request, max_bytes + 64 * 1024)  # allow for multipart framing
+
+        async def replay() -> AsyncGenerator[bytes, None]:
+            yield body
+
+        try:
+            form = await MultiPartParser(request.headers, replay(), max_files=2, max_fields=16).parse()
+        except MultiPartException as exc:
+            raise InvalidImageError(f"malformed multipart body: {exc.message}") from exc
+        field = form.get("image")
+        if not isinstance(field, UploadFile):
+            await form.close()
+            raise InvalidImageError("multipart body has no file field named 'image'")
+        data = await field.read()
+        await form.close()
+        if len(data) > max_bytes:
+            raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {max_bytes}")
+        return data
+    if media_type in ACCEPTED_MEDIA_TYPES:
+        return await _read_body(request, max_bytes)
+    accepted = ", ".join(sorted(ACCEPTED_MEDIA_TYPES))
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {media_type or '(none)'} is not accepted; send multipart/form-data with an "
+        f"'image' field, or a raw body with one of: {accepted}"
+    )
+
+
+async def loaded_backend(svc: Services, name: str) -> LoadedBackend:
+    loaded = svc.backends.loaded(name)
+    if loaded is None:
+        loaded = await run_in_threadpool(svc.backends.get, name)
+    return loaded
+
+
+@router.post("/pose", response_model=PoseResponse)
+async def pose(
+    request: Request,
+    backend: str | None = Query(None, description="backend name; default from settings"),
+    min_score: float | None = Query(None, ge=0.0, le=1.0, description="drop persons scoring below"),
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    settings = svc.settings
+    arrived = time.monotonic()
+    deadline = arrived + settings.request_timeout_s
+    name = backend or settings.default_backend
+    svc.backends.spec(name)  # unknown backend -> 404 before reading the body
+    if svc.inflight >= settings.max_inflight_requests:
+        raise OverloadedError(f"{svc.inflight} requests in flight; retry shortly")
+    svc.inflight += 1
+    try:
+        be = await loaded_backend(svc, name)
+        data = await _image_bytes(request, settings.max_image_bytes)
+
+        def prepare() -> tuple[Prepared, tuple[int, int]]:
+            rgb = decode_image(data, max_pixels=settings.max_image_pixels)
+            return be.prepare(rgb), (rgb.shape[1], rgb.shape[0])
+
+        try:
+            prepared, (width, height) = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(svc.decode_pool, prepare),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+            result = await be.infer(prepared, deadline=deadline, wait_s=deadline - time.monotonic())
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no result within {settings.request_timeout_s:g} s (request_timeout_s)"
+            ) from None
+    finally:
+        svc.inflight -= 1
+    threshold = settings.min_person_score if min_score is None else min_score
+    return {
+        "request_id": uuid.uuid4().hex,
+        "backend": name,
+        "untrained": bool(be.card.get("untrained", False)),
+        "image": {"width": width, "height": height},
+        "persons": persons_json(result.value.above(threshold)),
+        "timing_ms": {
+            "queue": round(result.queue_s * 1000, 3),
+            "inference": round(result.inference_s * 1000, 3),
+            "total": round((time.monotonic() - arrived) * 1000, 3),
+        },
+    }
+
+
+@router.get("/backends", response_model=list[BackendInfo])
+async def backends(svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    return await run_in_threadpool(svc.backends.describe)

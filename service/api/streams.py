@@ -1,0 +1,90 @@
+"""Camera subscriptions: `/v1/streams` CRUD and `WS /v1/streams/{id}/ws`.
+
+A WebSocket client gets one JSON message per processed frame plus `{"event": "state"}` messages.
+Each client has a bounded queue: a slow client loses its oldest messages, never server memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from service.api.deps import Services, require_key, services, websocket_key_ok
+from service.schemas import StreamCreate, StreamInfo
+from service.streams.manager import ClientQueue, UnknownStreamError
+
+__all__ = ["router", "ws_router"]
+
+router = APIRouter(prefix="/v1/streams", dependencies=[Depends(require_key)])
+ws_router = APIRouter()
+
+_CLOSE_POLICY = 1008
+_CLOSE_NOT_FOUND = 4404
+
+
+@router.post("", status_code=201, response_model=StreamInfo)
+async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> dict[str, Any]:
+    stream = await svc.streams.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
+    return stream.describe()
+
+
+@router.get("", response_model=list[StreamInfo])
+async def list_streams(svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    return [s.describe() for s in svc.streams.list()]
+
+
+@router.get("/{stream_id}", response_model=StreamInfo)
+async def get_stream(stream_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+    return svc.streams.get(stream_id).describe()
+
+
+@router.delete("/{stream_id}", status_code=204)
+async def delete_stream(stream_id: str, svc: Services = Depends(services)) -> Response:
+    await svc.streams.delete(stream_id)
+    return Response(status_code=204)
+
+
+async def _pump(websocket: WebSocket, client: ClientQueue) -> None:
+    while True:
+        message = await client.get()
+        if message is None:  # the stream was deleted
+            return
+        await websocket.send_text(message)
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends, until it disconnects."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.receive_text()
+
+
+@ws_router.websocket("/v1/streams/{stream_id}/ws")
+async def stream_ws(websocket: WebSocket, stream_id: str) -> None:
+    svc: Services = websocket.app.state.services
+    await websocket.accept()
+    if not websocket_key_ok(websocket):
+        await websocket.close(code=_CLOSE_POLICY, reason="missing or invalid API key")
+        return
+    try:
+        client = svc.streams.subscribe(stream_id)
+    except UnknownStreamError as exc:
+        await websocket.close(code=_CLOSE_NOT_FOUND, reason=exc.message)
+        return
+    tasks = [asyncio.create_task(_pump(websocket, client)), asyncio.create_task(_drain(websocket))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
+        svc.streams.unsubscribe(stream_id, client)
+        if websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError):
+                await websocket.close()

@@ -1,0 +1,1 @@
+"""Camera streams: readers, scheduling into the batcher, WebSocket fan-out."""

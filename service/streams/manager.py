@@ -1,0 +1,362 @@
+"""Camera subscriptions: a reader per camera, a scheduler per stream, WebSocket fan-out.
+
+Latest-frame policy: the reader keeps only the newest frame; each stream's scheduler ticks at
+`max_fps`, takes the newest frame it has not seen, and submits it into the backend's shared
+batcher (key = stream id, so cameras share batches fairly) with a deadline of
+`capture + frame_max_age_ms`. At most one frame per stream is in flight, so stale frames never
+queue. Every frame gets exactly one outcome: processed, dropped_stale, dropped_overload,
+decode_error, or skipped (superseded by a newer frame before any slot was free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+
+from service.backends import BackendManager, LoadedBackend, Prepared
+from service.config import StreamSettings
+from service.errors import DeadlineExceededError, QueueFullError, ServeError
+from service.metrics import STREAM_STATES, Metrics
+from service.schemas import persons_json
+from service.streams.reader import CameraReader, Frame, StreamState
+from service.streams.urls import redact, validate_stream_url
+
+__all__ = [
+    "ClientQueue",
+    "DuplicateStreamError",
+    "Stream",
+    "StreamLimitError",
+    "StreamManager",
+    "UnknownStreamError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownStreamError(ServeError):
+    code = "unknown_stream"
+
+
+class DuplicateStreamError(ServeError):
+    code = "duplicate_stream"
+
+
+class StreamLimitError(ServeError):
+    code = "too_many_streams"
+
+
+class ClientQueue:
+    """A bounded per-client message queue: when full, the oldest message is dropped and counted."""
+
+    def __init__(self, maxsize: int, on_drop: Callable[[], None]) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
+        self._on_drop = on_drop
+        self.dropped = 0
+
+    def put(self, message: str | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+            self._on_drop()
+        self._queue.put_nowait(message)
+
+    def close(self) -> None:
+        """No more messages: `get` returns None once the queued ones are consumed."""
+        self.put(None)
+
+    async def get(self) -> str | None:
+        return await self._queue.get()
+
+
+@dataclass(eq=False)
+class Stream:
+    id: str
+    name: str
+    url: str
+    backend: str
+    max_fps: float
+    created_at: float
+    reader: CameraReader
+    clients: set[ClientQueue] = field(default_factory=set)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    results_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    last_seq: int = 0
+    stalled: bool = False
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> StreamState:
+        if self.stalled and self.reader.state == StreamState.LIVE:
+            return StreamState.RECONNECTING
+        return self.reader.state
+
+    def result_fps(self, window_s: float = 2.0) -> float:
+        now = time.monotonic()
+        recent = [t for t in self.results_at if now - t <= window_s]
+        return 0.0 if len(recent) < 2 else (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def describe(self) -> dict[str, Any]:
+        last = self.reader.last_frame_mono
+        return {
+            "id": self.id,
+            "name": self.name,
+            "url": redact(self.url),
+            "backend": self.backend,
+            "max_fps": self.max_fps,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "input_fps": round(self.reader.input_fps(), 2),
+            "result_fps": round(self.result_fps(), 2),
+            "last_frame_age_s": None if last is None else round(time.monotonic() - last, 3),
+            "reconnects": self.reader.reconnects,
+            "frames": dict(self.outcomes),
+            "drops": {k: v for k, v in self.outcomes.items() if k.startswith("dropped") or k == "decode_error"},
+            "reader_cpu_s": round(self.reader.cpu_s, 3),
+            "ws_clients": len(self.clients),
+        }
+
+
+class StreamManager:
+    def __init__(
+        self,
+        settings: StreamSettings,
+        backends: BackendManager,
+        metrics: Metrics,
+        pool: Executor,
+        *,
+        default_backend: str,
+        inference_timeout_s: float,
+        min_person_score: float,
+    ) -> None:
+        self._settings = settings
+        self._backends = backends
+        self._metrics = metrics
+        self._pool = pool
+        self._default_backend = default_backend
+        self._inference_timeout_s = inference_timeout_s
+        self._min_person_score = min_person_score
+        self._streams: dict[str, Stream] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="streams-housekeeping")
+
+    async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        for stream_id in list(self._streams):
+            await self.delete(stream_id)
+
+    # -- CRUD ------------------------------------------------------------------------------------
+    def list(self) -> list[Stream]:
+        return list(self._streams.values())
+
+    def get(self, stream_id: str) -> Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise UnknownStreamError(f"no stream with id {stream_id!r}") from None
+
+    async def create(self, url: str, *, name: str | None, backend: str | None, max_fps: float | None) -> Stream:
+        """Validate everything first; nothing is started unless every check passes."""
+        if len(self._streams) >= self._settings.max_streams:
+            raise StreamLimitError(f"at most {self._settings.max_streams} streams (streams.max_streams)")
+        backend_name = backend or self._default_backend
+        self._backends.spec(backend_name)  # UnknownBackendError
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, validate_stream_url, url, self._settings)  # DNS off the loop
+        stream_id = uuid.uuid4().hex[:12]
+        name = name or stream_id
+        if any(s.name == name for s in self._streams.values()):
+            raise DuplicateStreamError(f"a stream named {name!r} exists already")
+        await loop.run_in_executor(self._pool, self._backends.get, backend_name)  # WeightsMissingError
+        reader = CameraReader(url, self._settings, name=name, on_state=lambda st: self._state_changed(stream_id, st))
+        stream = Stream(
+            id=stream_id,
+            name=name,
+            url=url,
+            backend=backend_name,
+            max_fps=max_fps or self._settings.default_max_fps,
+            created_at=time.time(),
+            reader=reader,
+        )
+        self._streams[stream_id] = stream
+        self._publish_state_metric(stream)
+        reader.start()
+        stream.task = asyncio.create_task(self._schedule(stream), name=f"stream-{name}")
+        logger.info("stream %s (%s) subscribed: %s", name, stream_id, redact(url))
+        return stream
+
+    async def delete(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            raise UnknownStreamError(f"no stream with id {stream_id!r}")
+        if stream.task is not None:
+            stream.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream.task
+        await asyncio.get_running_loop().run_in_executor(None, stream.reader.stop)
+        message = json.dumps({"event": "state", "stream_id": stream.id, "state": StreamState.STOPPED.value})
+        for client in stream.clients:
+            client.put(message)
+            client.close()
+        self._metrics.forget_stream(stream.name)
+        logger.info("stream %s (%s) removed", stream.name, stream.id)
+
+    # -- WebSocket clients -------------------------------------------------------------------------
+    def subscribe(self, stream_id: str) -> ClientQueue:
+        stream = self.get(stream_id)
+        client = ClientQueue(
+            self._settings.ws_queue_messages,
+            on_drop=lambda: self._metrics.ws_messages_dropped_total.labels(stream=stream.name).inc(),
+        )
+        stream.clients.add(client)
+        client.put(json.dumps({"event": "state", "stream_id": stream.id, "state": stream.state.value}))
+        self._metrics.ws_clients.labels(stream=stream.name).set(len(stream.clients))
+        return client
+
+    def unsubscribe(self, stream_id: str, client: ClientQueue) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.clients.discard(client)
+            self._metrics.ws_clients.labels(stream=stream.name).set(len(stream.clients))
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _count(self, stream: Stream, outcome: str, n: int = 1) -> None:
+        if n <= 0:
+            return
+        stream.outcomes[outcome] = stream.outcomes.get(outcome, 0) + n
+        self._metrics.stream_frames_total.labels(stream=stream.name, outcome=outcome).inc(n)
+
+    def _broadcast(self, stream: Stream, payload: dict[str, Any]) -> None:
+        message = json.dumps(payload, separators=(",", ":"))
+        for client in stream.clients:
+            client.put(message)
+
+    def _state_changed(self, stream_id: str, state: StreamState) -> None:
+        """Called from a reader thread."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._on_state, stream_id)
+
+    def _on_state(self, stream_id: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.reader.state == StreamState.RECONNECTING and stream.reader.reconnects:
+            self._metrics.stream_reconnects_total.labels(stream=stream.name).inc()
+        self._publish_state_metric(stream)
+        self._broadcast(stream, {"event": "state", "stream_id": stream.id, "state": stream.state.value})
+
+    def _publish_state_metric(self, stream: Stream) -> None:
+        for state in STREAM_STATES:
+            self._metrics.stream_state.labels(stream=stream.name, state=state).set(float(state == stream.state))
+
+    async def _housekeep(self, period_s: float = 0.5) -> None:
+        """Stall detection (no frame within the read timeout) and the fps gauges."""
+        stall_s = self._settings.read_timeout_ms / 1000.0
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.monotonic()
+            for stream in list(self._streams.values()):
+                age_s = now - (stream.reader.last_frame_mono or now)
+                stalled = stream.reader.state == StreamState.LIVE and age_s > stall_s
+                if stalled != stream.stalled:
+                    stream.stalled = stalled
+                    if stalled:
+                        logger.warning("camera %s: no frame for %.1f s (stalled)", stream.name, age_s)
+                    self._on_state(stream.id)
+                self._metrics.stream_input_fps.labels(stream=stream.name).set(stream.reader.input_fps())
+                self._metrics.stream_result_fps.labels(stream=stream.name).set(stream.result_fps())
+
+    async def _schedule(self, stream: Stream) -> None:
+        period_s = 1.0 / stream.max_fps
+        max_age_s = self._settings.frame_max_age_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        in_flight: asyncio.Task[None] | None = None
+        next_tick = loop.time()
+        try:
+            while True:
+                next_tick = max(next_tick + period_s, loop.time())
+                await asyncio.sleep(max(0.0, next_tick - loop.time()))
+                frame = stream.reader.latest(stream.last_seq)
+                if frame is None:
+                    continue
+                self._count(stream, "skipped", frame.seq - stream.last_seq - 1)
+                stream.last_seq = frame.seq
+                if time.monotonic() - frame.captured_mono > max_age_s:
+                    self._count(stream, "dropped_stale")
+                elif in_flight is not None and not in_flight.done():
+                    self._count(stream, "dropped_overload")
+                else:
+                    in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
+        finally:
+            if in_flight is not None:
+                in_flight.cancel()
+
+    async def _process(self, stream: Stream, frame: Frame, max_age_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            backend = self._backends.loaded(stream.backend)
+            if backend is None:
+                backend = await loop.run_in_executor(self._pool, self._backends.get, stream.backend)
+            prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
+            result = await backend.infer(
+                prepared,
+                deadline=frame.captured_mono + max_age_s,
+                wait_s=max_age_s + self._inference_timeout_s,
+                key=stream.id,
+            )
+        except (DeadlineExceededError, TimeoutError):
+            self._count(stream, "dropped_stale")
+            return
+        except QueueFullError:
+            self._count(stream, "dropped_overload")
+            return
+        except cv2.error:
+            self._count(stream, "decode_error")
+            return
+        except ServeError as exc:
+            logger.warning("stream %s: frame %d failed: %s", stream.name, frame.seq, exc.message)
+            self._count(stream, "dropped_overload")
+            return
+        now = time.monotonic()
+        age_s = now - frame.captured_mono
+        stream.results_at.append(now)
+        self._count(stream, "processed")
+        self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
+        self._broadcast(
+            stream,
+            {
+                "stream_id": stream.id,
+                "seq": frame.seq,
+                "captured_at": frame.captured_at_ns / 1e9,
+                "image": {"width": int(frame.image_bgr.shape[1]), "height": int(frame.image_bgr.shape[0])},
+                "persons": persons_json(result.value.above(self._min_person_score)),
+                "latency_ms": {
+                    "capture_to_result": round(age_s * 1000, 2),
+                    "queue": round(result.queue_s * 1000, 2),
+                    "inference": round(result.inference_s * 1000, 2),
+                },
+            },
+        )
+
+
+def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:
+    return backend.prepare(cv2.cvtColor(frame.image_bgr, cv2.COLOR_BGR2RGB))

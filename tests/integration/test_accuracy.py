@@ -24,16 +24,12 @@ def test_movenet_multipose_keypoint_ap(model_dir: Path) -> None:
         async with client_for(settings) as client:
             for image in coco["images"]:
                 data = (root / image["file_name"]).read_bytes()
-                r = await client.post(
-                    "/v1/pose?min_score=0", content=data, headers={"content-type": "image/jpeg"}
-                )
+                r = await client.post("/v1/pose?min_score=0", content=data, headers={"content-type": "image/jpeg"})
                 assert r.status_code == 200, r.text
                 persons = r.json()["persons"]
                 if persons:
                     kps = np.array([p["keypoints"] for p in persons], dtype=np.float64)
-                    results += coco_keypoint_results(
-                        image["id"], kps, np.array([p["score"] for p in persons])
-                    )
+                    results += coco_keypoint_results(image["id"], kps, np.array([p["score"] for p in persons]))
         return results
 
     stats = evaluate_keypoints(coco, asyncio.run(scenario()))

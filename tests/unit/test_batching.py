@@ -21,13 +21,9 @@ class FakeClock:
         self.now += ms / 1000.0
 
 
-def make(
-    max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 16
-) -> tuple[DynamicBatcher[int], FakeClock]:
+def make(max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 16) -> tuple[DynamicBatcher[int], FakeClock]:
     clock = FakeClock()
-    return DynamicBatcher(
-        max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, clock=clock
-    ), clock
+    return DynamicBatcher(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, clock=clock), clock
 
 
 def test_releases_full_batch_immediately() -> None:

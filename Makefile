@@ -10,7 +10,20 @@ SHARED ?= $(abspath ../shared)
 BENCH_OUT ?= bench-results
 PYTEST_ARGS ?=
 
-.PHONY: setup models run test lint pytest bench clean
+# Debian packages the end-to-end tests start for real (RTSP cameras: GStreamer rtsp-server, ffmpeg).
+SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+	gstreamer1.0-tools ffmpeg
+
+.PHONY: setup system-deps models run test lint pytest bench clean
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 setup: $(STAMP)
 

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from models.errors import PullError
 from models.weights import WeightsStore
 from service.bench import bench_http, bench_model, format_table, write_json
 from service.config import Settings
+from service.spawn import spawned_server
 
 __all__ = ["app", "main"]
 
@@ -138,45 +133,6 @@ def bench_model_cmd(
     typer.echo(f"wrote {out}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _spawned_server(ready_timeout_s: float = 120.0) -> Iterator[str]:
-    """Start `poseserve serve` on an ephemeral loopback port; always stopped on exit."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "POSESERVE_HOST": "127.0.0.1",
-        "POSESERVE_PORT": str(port),
-        "POSESERVE_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before becoming ready")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready within {ready_timeout_s:g} s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 @bench_app.command("http")
 def bench_http_cmd(
     image: Annotated[Path, typer.Option(help="image file to POST", exists=True, dir_okay=False)],
@@ -191,7 +147,7 @@ def bench_http_cmd(
     content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
     api_key = settings.api_keys[0] if settings.api_keys else None
     with contextlib.ExitStack() as stack:
-        base = url or stack.enter_context(_spawned_server())
+        base = url or stack.enter_context(spawned_server({"POSESERVE_LOG_LEVEL": "warning"}))[0]
         rows = bench_http(
             base,
             image.read_bytes(),

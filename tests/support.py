@@ -6,14 +6,10 @@ import io
 import json
 import os
 import re
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -26,6 +22,7 @@ from PIL import Image
 
 from service.api import create_app
 from service.config import Settings
+from service.spawn import spawned_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,47 +146,14 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_server(model_dir: Path, log_path: Path, **env_overrides: str) -> Iterator[tuple[str, int]]:
-    """`poseserve serve` as a subprocess on an ephemeral loopback port: (base url, pid).
-
-    Waits (90 s at most) for /readyz; always terminated (then killed) on exit.
-    """
-    port = free_port()
-    env = {
-        **os.environ,
-        "POSESERVE_PORT": str(port),
-        "POSESERVE_HOST": "127.0.0.1",
-        "POSESERVE_MODEL_DIR": str(model_dir),
-        **env_overrides,
-    }
+    """`poseserve serve` as a subprocess on an ephemeral loopback port: (base url, pid)."""
     with log_path.open("w+") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
+        env = {"POSESERVE_MODEL_DIR": str(model_dir), **env_overrides}
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError(f"server exited early: {log.read()[-4000:]}")
-                with suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "server not ready within 90 s"
-                time.sleep(0.2)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            with spawned_server(env, log=log, ready_timeout_s=90) as (url, proc):
+                yield url, proc.pid
+        except RuntimeError as exc:
+            log.seek(0)
+            raise AssertionError(f"{exc}: {log.read()[-4000:]}") from None

@@ -1,0 +1,64 @@
+"""Start `poseserve serve` as a subprocess on an ephemeral loopback port (benchmarks, tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO
+
+import httpx
+
+__all__ = ["free_port", "spawned_server"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def spawned_server(
+    env: dict[str, str] | None = None,
+    *,
+    log: IO[str] | None = None,
+    ready_timeout_s: float = 120.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """(base url, process) once /readyz answers 200; terminated (then killed) on exit.
+
+    `env` adds POSESERVE_* settings to this process's environment; output goes to `log`.
+    """
+    port = free_port()
+    full_env = {**os.environ, **(env or {}), "POSESERVE_HOST": "127.0.0.1", "POSESERVE_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before becoming ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready within {ready_timeout_s:g} s")
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -43,6 +43,26 @@ BACKENDS: dict[str, BackendSpec] = {
             pretrained=True,
             description="MoveNet MultiPose Lightning (Google, Apache-2.0): up to 6 people, letterboxed input",
         ),
+        BackendSpec(
+            name="topdown-movenet",
+            kind="top-down",
+            input_size=256,
+            size_multiple=1,
+            codec="movenet-thunder",
+            weights="movenet-thunder",
+            pretrained=True,
+            description="person detector -> 256x256 crops -> MoveNet SinglePose Thunder (Google, Apache-2.0)",
+        ),
+        BackendSpec(
+            name="topdown-blazepose",
+            kind="top-down",
+            input_size=256,
+            size_multiple=1,
+            codec="blazepose-heavy",
+            weights="blazepose-heavy",
+            pretrained=True,
+            description="person detector -> 256x256 crops -> BlazePose GHUM Heavy landmarks (Google, Apache-2.0)",
+        ),
     )
 }
 

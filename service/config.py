@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.weights import DEFAULT_MODEL_DIR
 
-__all__ = ["BackendSettings", "Provider", "Settings", "StreamSettings"]
+__all__ = ["BackendSettings", "Provider", "Settings", "StreamSettings", "TopDownSettings"]
 
 Provider = Literal["tensorrt", "cuda", "cpu"]
 
@@ -61,6 +61,18 @@ class StreamSettings(BaseModel):
     ws_queue_messages: int = Field(16, ge=1, description="per WebSocket client; the oldest is dropped when full")
 
 
+class TopDownSettings(BaseModel):
+    """The cascade of top-down backends: which detector, crop padding, flip test."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detector: Literal["nanodet", "movenet-multipose"] = "nanodet"
+    padding: float = Field(1.25, ge=1.0, le=2.0, description="crop side / person box side")
+    flip_test: bool = Field(False, description="also run each crop mirrored and average (2x pose cost)")
+    max_persons: int = Field(64, ge=1, le=256, description="detector boxes kept per frame")
+    pose_max_queue: int = Field(512, ge=1, description="crops waiting for the pose stage")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSESERVE_", env_nested_delimiter="__", extra="forbid")
 
@@ -90,6 +102,7 @@ class Settings(BaseSettings):
     min_person_score: float = Field(0.2, ge=0, le=1)
 
     streams: StreamSettings = StreamSettings()
+    topdown: TopDownSettings = TopDownSettings()
 
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
     redis_url: str | None = None

@@ -62,6 +62,7 @@ class BackendInfo(BaseModel):
     kind: str
     input_size: int
     codec: str
+    detector: str | None = None
     pretrained: bool
     weights_present: bool
     loaded: bool

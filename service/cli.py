@@ -126,9 +126,11 @@ def bench_model_cmd(
         settings.backend(name),
         batches=_ints(batch),
         image=image.read_bytes(),
+        detector=settings.topdown.detector,
         min_seconds=seconds,
     )
-    typer.echo(format_table(rows, ["backend", "batch", "iters", "latency_p50_ms", "latency_p99_ms", "throughput_ips"]))
+    columns = ["backend", "stage", "batch", "iters", "latency_p50_ms", "latency_p99_ms", "throughput_ips"]
+    typer.echo(format_table(rows, columns))
     write_json(out, "model", rows, image=str(image), backend_settings=settings.backend(name).model_dump())
     typer.echo(f"wrote {out}")
 

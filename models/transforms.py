@@ -65,11 +65,13 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: int, *, center: bool = False) -> tuple[np.ndarray, Letterbox]:
-    """Resize (H, W, C) `image` to fit a `size` x `size` canvas, keeping aspect; pad with zeros.
+def letterbox(
+    image: np.ndarray, size: int, *, center: bool = False, pad_value: int = 0
+) -> tuple[np.ndarray, Letterbox]:
+    """Resize (H, W, C) `image` to fit a `size` x `size` canvas, keeping aspect; pad with `pad_value`.
 
     With `center=False` the image sits in the top-left corner (MoveNet's own convention), else it
-    is centred. Returns the (size, size, C) canvas (same dtype) and the mapping.
+    is centred (YOLO convention, with `pad_value=114`). Returns the canvas (same dtype) and mapping.
     """
     h, w = image.shape[:2]
     scale = size / max(h, w)
@@ -78,7 +80,7 @@ def letterbox(image: np.ndarray, size: int, *, center: bool = False) -> tuple[np
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_x = (size - new_w) // 2 if center else 0
     pad_y = (size - new_h) // 2 if center else 0
-    canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
+    canvas = np.full((size, size, *image.shape[2:]), pad_value, dtype=image.dtype)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
     # exact per-axis scales of the resize (rounding makes them differ slightly from `scale`)
     return canvas, Letterbox(
@@ -136,9 +138,7 @@ def crop_box(box_xyxy: np.ndarray, out_wh: tuple[int, int], *, padding: float = 
         h = w / aspect
     else:
         w = h * aspect
-    return CropBox(
-        center_xy=((x1 + x2) / 2, (y1 + y2) / 2), size_wh=(w * padding, h * padding), out_wh=out_wh
-    )
+    return CropBox(center_xy=((x1 + x2) / 2, (y1 + y2) / 2), size_wh=(w * padding, h * padding), out_wh=out_wh)
 
 
 def warp_crops(image: np.ndarray, boxes: list[CropBox]) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 Each sample is the full image resized (aspect kept) into an ``S x S`` canvas, centred, padded
 with grey 114 (YOLO letterbox: ``models.transforms.letterbox``, as the serving pipeline uses it),
-with every person's keypoints and box mapped into canvas pixels. Persons that are crowd regions or have no labelled keypoint are dropped (they cannot be scored
-by OKS). No Mosaic or other augmentation here (the paper trains with Mosaic, colour jitter and
-random affine; ``ERPoseDataset`` is the plain base they would wrap).
+with every person's keypoints and box mapped into canvas pixels. Persons that are crowd regions
+or have no labelled keypoint are dropped (they cannot be scored by OKS). No Mosaic or other
+augmentation here (the paper trains with Mosaic, colour jitter and random affine;
+``ERPoseDataset`` is the plain base they would wrap).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ at batch 1 and batch 8 on seeded random inputs; the figures go into the JSON car
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from models.weights import sha256_file
 
 __all__ = ["PARITY_BATCHES", "export_onnx", "sha256_file", "write_card"]
 
@@ -105,15 +106,6 @@ def export_onnx(
         "outputs": [{"name": o.name, "shape": list(o.shape)} for o in session.get_outputs()],
         "max_abs_diff": diffs,
     }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_card(path: Path, card: dict[str, Any]) -> None:

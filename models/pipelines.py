@@ -13,10 +13,9 @@ from typing import Protocol
 import numpy as np
 
 from models.codecs import movenet
-from models.registry import BackendSpec
 from models.transforms import Letterbox, letterbox
 
-__all__ = ["MoveNetMultiPose", "Persons", "SingleStagePipeline", "make_single_stage"]
+__all__ = ["MoveNetMultiPose", "Persons", "SingleStagePipeline"]
 
 NUM_KEYPOINTS = 17
 
@@ -82,10 +81,3 @@ class MoveNetMultiPose:
         keypoints[..., :2] = geometry.to_image(keypoints[..., :2])
         corners = geometry.to_image(decoded.boxes_xyxy.reshape(-1, 2, 2).astype(np.float32)).reshape(-1, 4)
         return Persons(keypoints=keypoints, boxes_xyxy=corners, scores=decoded.scores.astype(np.float32))
-
-
-def make_single_stage(spec: BackendSpec, input_size: int | None = None) -> SingleStagePipeline:
-    size = input_size or spec.input_size
-    if spec.codec == "movenet-multipose":
-        return MoveNetMultiPose(size)
-    raise ValueError(f"backend {spec.name}: no single-stage pipeline for codec {spec.codec!r}")

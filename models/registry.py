@@ -19,7 +19,8 @@ class BackendSpec:
     name: str
     kind: Kind
     input_size: int
-    """Default square input side in pixels (overridable per backend in Settings)."""
+    """Default input side in pixels: the square side, or a top-down crop's height (overridable per
+    backend in Settings for single-stage backends)."""
     size_multiple: int
     """Valid input sides are multiples of this."""
     codec: str
@@ -62,6 +63,36 @@ BACKENDS: dict[str, BackendSpec] = {
             weights="blazepose-heavy",
             pretrained=True,
             description="person detector -> 256x256 crops -> BlazePose GHUM Heavy landmarks (Google, Apache-2.0)",
+        ),
+        *(
+            BackendSpec(
+                name=name,
+                kind="top-down",
+                input_size=size,
+                size_multiple=1,
+                codec=codec,
+                weights=name,
+                pretrained=False,
+                description=f"person detector -> crops -> {paper} (no public weights: train or bring a checkpoint)",
+            )
+            for name, size, codec, paper in (
+                ("amfacpose-r18", 256, "simcc", "AMFACPose-R18, SimCC k=2, 256x256"),
+                ("amfacpose-r34", 384, "simcc", "AMFACPose-R34, SimCC k=2, 384x288"),
+                ("lehrnet-w32", 256, "heatmap", "LE-HRNet-W32, heatmaps, 256x192"),
+            )
+        ),
+        *(
+            BackendSpec(
+                name=f"erpose-{scale}",
+                kind="single-stage",
+                input_size=640,
+                size_multiple=32,
+                codec="erpose",
+                weights=f"erpose-{scale}",
+                pretrained=False,
+                description=f"ER-Pose-{scale}: single-stage, NMS-free (no public weights: train or bring a checkpoint)",
+            )
+            for scale in "nsml"
         ),
     )
 }

@@ -232,6 +232,7 @@ class WeightsStore:
         self.npm_cache_dir = Path(npm_cache_dir) if npm_cache_dir else self.model_dir.parent / "npm"
         self.parity_images = tuple(Path(p) for p in parity_images)
         self.npm_timeout_s = npm_timeout_s
+        self._digests: dict[tuple[str, int, int], str] = {}
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -267,10 +268,19 @@ class WeightsStore:
             return f"no readable card at {self.card_path(name)}"
         if not onnx_path.is_file():
             return f"no ONNX file at {onnx_path}"
-        actual = sha256_file(onnx_path)
+        actual = self._sha256(onnx_path)
         if actual != card.get("sha256"):
             return f"{onnx_path} has sha256 {actual}, its card says {card.get('sha256')}"
         return None
+
+    def _sha256(self, path: Path) -> str:
+        """sha256 of `path`, remembered while its size and mtime stay the same."""
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        digest = self._digests.get(key)
+        if digest is None:
+            digest = self._digests[key] = sha256_file(path)
+        return digest
 
     def available(self, name: str) -> bool:
         """True when the ONNX file and card exist and the file's sha256 matches the card."""

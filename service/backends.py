@@ -23,10 +23,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from models.pipelines import Persons, SingleStagePipeline, make_single_stage
+from models.factory import crop_pose, detector, single_stage_pipeline
+from models.pipelines import Persons, SingleStagePipeline
 from models.registry import BACKENDS, BackendSpec
 from models.runtime import OrtModel
-from models.topdown import CROP_POSES, DETECTORS, CropBox, CropPose, Detector, NanoDetPersons, assemble, make_crops
+from models.topdown import CropBox, CropPose, Detector, assemble, make_crops
 from models.transforms import Letterbox
 from models.weights import WeightsStore
 from service.config import BackendSettings, Settings, TopDownSettings
@@ -146,7 +147,7 @@ class SingleStageBackend(LoadedBackend):
         bs = settings.backend(spec.name)
         return cls(
             spec,
-            pipeline=make_single_stage(spec, bs.input_size),
+            pipeline=single_stage_pipeline(spec, bs.input_size, store.card(spec.weights)),
             sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name),
             settings=bs,
             metrics=metrics,
@@ -215,16 +216,11 @@ class TopDownBackend(LoadedBackend):
     @classmethod
     def load(cls, spec: BackendSpec, settings: Settings, store: WeightsStore, metrics: Metrics) -> TopDownBackend:
         td = settings.topdown
-        detector: Detector = (
-            NanoDetPersons(max_persons=td.max_persons)
-            if td.detector == NanoDetPersons.name
-            else DETECTORS[td.detector]()
-        )
         bs = settings.backend(spec.name)
         return cls(
             spec,
-            detector=detector,
-            pose=CROP_POSES[spec.codec](),
+            detector=detector(td.detector, max_persons=td.max_persons),
+            pose=crop_pose(spec, store.card(spec.weights)),
             det_sessions=_sessions(store.onnx_path(td.detector), bs, spec.name),
             pose_sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name),
             settings=bs,
@@ -308,17 +304,48 @@ class BackendManager:
             backend = self._loaded.get(name)
             if backend is not None:
                 return backend
-            missing = [w for w in self.weights_needed(spec) if not self._store.available(w)]
-            if missing:
-                hint = " && ".join(f"poseserve models pull {w}" for w in missing)
-                raise WeightsMissingError(
-                    f"backend {name} lacks weights {', '.join(missing)} in {self._store.model_dir}: run `{hint}`"
-                )
+            self._check_weights(spec)
             kind = TopDownBackend if spec.kind == "top-down" else SingleStageBackend
             backend = kind.load(spec, self._settings, self._store, self._metrics)
             self._loaded[name] = backend
             logger.info("backend %s ready (%d workers, %s)", name, backend.worker_count, backend.providers)
             return backend
+
+    def _check_weights(self, spec: BackendSpec) -> None:
+        """Raise `WeightsMissingError` saying how to get them; export random ones if allowed."""
+        allow_untrained = self._settings.allow_untrained
+        missing = [w for w in self.weights_needed(spec) if not self._store.available(w)]
+        if spec.weights in missing and not spec.pretrained and allow_untrained:
+            self._export_untrained(spec)
+            missing.remove(spec.weights)
+        if missing:
+            hints = [
+                f"poseserve models pull {w}"
+                if w != spec.weights or spec.pretrained
+                else f"poseserve export {w} --checkpoint CKPT"
+                for w in missing
+            ]
+            raise WeightsMissingError(
+                f"backend {spec.name} lacks weights {', '.join(missing)} in {self._store.model_dir}: "
+                f"run `{' && '.join(hints)}`"
+                + ("" if spec.pretrained else " (or serve random weights with --allow-untrained)")
+            )
+        card = self._store.card(spec.weights) or {}
+        if card.get("untrained") and not allow_untrained:
+            raise WeightsMissingError(
+                f"backend {spec.name} has only untrained (random) weights; export a trained checkpoint with "
+                f"`poseserve export {spec.weights} --checkpoint CKPT`, or start with --allow-untrained (benchmarks)"
+            )
+
+    def _export_untrained(self, spec: BackendSpec) -> None:
+        try:
+            from models.zoo import export_to_store
+        except ImportError as exc:
+            raise WeightsMissingError(
+                f"backend {spec.name}: exporting untrained weights needs the 'train' extra (torch): {exc}"
+            ) from exc
+        logger.warning("backend %s: exporting UNTRAINED (random) weights for benchmarking", spec.name)
+        export_to_store(spec.weights, self._store.model_dir)
 
     def loaded(self, name: str) -> LoadedBackend | None:
         return self._loaded.get(name)

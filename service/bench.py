@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.pipelines import make_single_stage
+from models.factory import crop_pose, single_stage_pipeline
+from models.factory import detector as make_detector
 from models.registry import get_spec
 from models.runtime import OrtModel
-from models.topdown import CROP_POSES, DETECTORS, NanoDetPersons, make_crops
+from models.topdown import make_crops
 from models.weights import WeightsStore
 from service.config import BackendSettings
 from service.imaging import decode_image
@@ -92,16 +93,16 @@ def bench_model(
 
     stages: list[tuple[str, OrtModel, np.ndarray]] = []
     if spec.kind == "top-down":
-        det = NanoDetPersons() if detector == NanoDetPersons.name else DETECTORS[detector]()
+        det = make_detector(detector, max_persons=64)
         det_model = session(detector)
         det_row, geometry = det.preprocess(rgb)
         boxes, _ = det.postprocess([o[0] for o in det_model.run(det_row[None])], geometry)
         h, w = rgb.shape[:2]
         box = boxes[:1] if len(boxes) else np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], np.float32)
-        crop_rows, _ = make_crops(rgb, box, CROP_POSES[spec.codec]())
+        crop_rows, _ = make_crops(rgb, box, crop_pose(spec, store.card(spec.weights)))
         stages = [("detect", det_model, det_row), ("pose", session(spec.weights), crop_rows[0])]
     else:
-        row, _ = make_single_stage(spec, settings.input_size).preprocess(rgb)
+        row, _ = single_stage_pipeline(spec, settings.input_size, store.card(spec.weights)).preprocess(rgb)
         stages = [("pose", session(spec.weights), row)]
     return [
         {"backend": name, "stage": stage, "input_shape": list(row.shape), **timing}

@@ -102,6 +102,26 @@ def models_pull(
         typer.echo(f"  parity {key}: {value}")
 
 
+@app.command("export")
+def export_cmd(
+    name: Annotated[str, typer.Argument(help="seed model, e.g. amfacpose-r34, lehrnet-w32, erpose-n")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="trained state dict (.pt); without it the export is marked untrained")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="folder for NAME.onnx + NAME.json (default: model dir)")] = None,
+) -> None:
+    """Export a seed-paper network to ONNX (dynamic batch) with its card, checked against PyTorch."""
+    from models.zoo import SEED_MODELS, export_to_store
+
+    if name not in SEED_MODELS:
+        typer.echo(f"unknown seed model {name!r}; known: {', '.join(sorted(SEED_MODELS))}", err=True)
+        raise typer.Exit(2)
+    card = export_to_store(name, out_dir or _settings().model_dir, checkpoint=checkpoint)
+    diffs = card["parity"]["max_abs_diff"]
+    state = "UNTRAINED (random weights)" if card["untrained"] else f"checkpoint {checkpoint}"
+    typer.echo(f"{name}: {card['file']} {state}; ONNX vs PyTorch max abs diff {diffs}")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List every pullable model and whether it is present."""

@@ -203,16 +203,12 @@ def decode_singlepose(heads: Sequence[np.ndarray], *, stride: int = STRIDE) -> n
     keypoint heatmap probabilities in [0, 1].
     """
     if len(heads) != len(SINGLEPOSE_HEAD_NAMES):
-        raise ValueError(
-            f"expected {len(SINGLEPOSE_HEAD_NAMES)} heads {SINGLEPOSE_HEAD_NAMES}, got {len(heads)}"
-        )
+        raise ValueError(f"expected {len(SINGLEPOSE_HEAD_NAMES)} heads {SINGLEPOSE_HEAD_NAMES}, got {len(heads)}")
     centre, heat, kpt_offsets, kpt_regress = (np.asarray(a, dtype=np.float32) for a in heads)
     h, w = centre.shape[:2]
     k = NUM_KEYPOINTS
     expected = ((h, w, 1), (k, h, w), (2 * k, h, w), (2 * k, h, w))
-    for name, shape, a in zip(
-        SINGLEPOSE_HEAD_NAMES, expected, (centre, heat, kpt_offsets, kpt_regress), strict=True
-    ):
+    for name, shape, a in zip(SINGLEPOSE_HEAD_NAMES, expected, (centre, heat, kpt_offsets, kpt_regress), strict=True):
         if a.shape != shape:
             raise ValueError(f"head {name}: expected {shape}, got {a.shape}")
 

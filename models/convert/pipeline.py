@@ -119,14 +119,10 @@ def _parity(
         tolerances = {k: CODEC_TOLERANCES[k] for k in ("kpt_xy_px", "kpt_score")}
         what = "served heads + numpy codec vs the full converted graph's in-graph decoding (1, 1, 17, 3)"
     else:
-        vs_ref = parity.raw_outputs_vs_reference(
-            reference, served, images, sizes, spec.input, reference_names
-        )
+        vs_ref = parity.raw_outputs_vs_reference(reference, served, images, sizes, spec.input, reference_names)
         tolerances = dict.fromkeys(vs_ref, RAW_TOLERANCE)
         what = "served graph vs the full converted graph, raw outputs at batch 1"
-    batch = parity.batch_vs_singles(
-        served, images, spec.input.default_size_hw, spec.input, batch=PARITY_BATCH
-    )
+    batch = parity.batch_vs_singles(served, images, spec.input.default_size_hw, spec.input, batch=PARITY_BATCH)
     exceeded = [f"{k}={vs_ref[k]:.3g} > {tol:g}" for k, tol in tolerances.items() if vs_ref[k] > tol]
     exceeded += [f"batch {k}={v:.3g} > {BATCH_TOLERANCE:g}" for k, v in batch.items() if v > BATCH_TOLERANCE]
     if exceeded:

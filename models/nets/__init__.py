@@ -1,0 +1,1 @@
+"""Networks of the seed papers (torch; never imported on the serving path)."""

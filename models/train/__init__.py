@@ -1,0 +1,1 @@
+"""Training pieces: datasets, assignment, loops (torch)."""

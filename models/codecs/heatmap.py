@@ -23,7 +23,7 @@ FloatArray = npt.NDArray[np.float32]
 
 def _blur(maps: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of ``(M, h, w)`` maps with edge padding, keeping each map's maximum."""
-    radius = max(1, int(round(3 * sigma)))
+    radius = max(1, round(3 * sigma))
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-(t**2) / (2 * sigma**2))
     kernel /= kernel.sum()

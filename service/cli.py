@@ -122,6 +122,22 @@ def export_cmd(
     typer.echo(f"{name}: {card['file']} {state}; ONNX vs PyTorch max abs diff {diffs}")
 
 
+@models_app.command("info")
+def models_info(
+    name: Annotated[str, typer.Argument(help="seed model name, or 'all'")] = "all",
+) -> None:
+    """Params and GFLOPs (multiply-accumulates, as the papers count) beside the papers' figures."""
+    from models.zoo import SEED_MODELS, profile_rows
+
+    names = sorted(SEED_MODELS) if name == "all" else [name]
+    unknown = [n for n in names if n not in SEED_MODELS]
+    if unknown:
+        typer.echo(f"unknown seed model {unknown[0]!r}; known: {', '.join(sorted(SEED_MODELS))}", err=True)
+        raise typer.Exit(2)
+    rows = profile_rows(names)
+    typer.echo(format_table(rows, ["model", "input_hw", "params_m", "paper_params_m", "gmacs", "paper_gmacs"]))
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List every pullable model and whether it is present."""

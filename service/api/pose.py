@@ -95,14 +95,14 @@ async def pose(
 ) -> dict[str, Any]:
     settings = svc.settings
     arrived = time.monotonic()
-    deadline = arrived + settings.request_timeout_s
     name = backend or settings.default_backend
     svc.backends.spec(name)  # unknown backend -> 404 before reading the body
     if svc.inflight >= settings.max_inflight_requests:
         raise OverloadedError(f"{svc.inflight} requests in flight; retry shortly")
     svc.inflight += 1
     try:
-        be = await loaded_backend(svc, name)
+        be = await loaded_backend(svc, name)  # a first use loads the model: not part of the deadline
+        deadline = time.monotonic() + settings.request_timeout_s
         data = await _image_bytes(request, settings.max_image_bytes)
 
         def prepare() -> tuple[Prepared, tuple[int, int]]:

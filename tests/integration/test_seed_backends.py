@@ -1,0 +1,73 @@
+"""Seed-paper backends through the API: 409 without weights, honest `untrained` when allowed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from models.weights import DEFAULT_MODEL_DIR
+from models.zoo import build, export_to_store
+from service.config import Settings
+from tests.support import client_for, sample_jpeg
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path, topdown_models: None) -> Path:
+    """A fresh weights store holding only the detector (linked from the user's store)."""
+    for suffix in (".onnx", ".json"):
+        (tmp_path / f"nanodet{suffix}").symlink_to(DEFAULT_MODEL_DIR / f"nanodet{suffix}")
+    return tmp_path
+
+
+def post_all(settings: Settings, backends: list[str]) -> list[httpx.Response]:
+    image = sample_jpeg()
+
+    async def scenario() -> list[httpx.Response]:
+        async with client_for(settings) as client:
+            return [
+                await client.post(f"/v1/pose?backend={b}", content=image, headers={"content-type": "image/jpeg"})
+                for b in backends
+            ]
+
+    return asyncio.run(scenario())
+
+
+def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
+    responses = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n", "amfacpose-r18"])
+    for r in responses:
+        assert r.status_code == 409, r.text
+        error: dict[str, Any] = r.json()["error"]
+        assert error["code"] == "weights_missing"
+        assert "poseserve export" in error["message"] and "--allow-untrained" in error["message"]
+
+
+def test_allow_untrained_exports_random_weights_and_says_so(store_dir: Path) -> None:
+    allowed = Settings(model_dir=store_dir, preload=(), allow_untrained=True)
+    responses = post_all(allowed, ["erpose-n", "amfacpose-r18"])
+    for r in responses:
+        assert r.status_code == 200, r.text
+        assert r.json()["untrained"] is True
+    assert (store_dir / "erpose-n.onnx").is_file() and (store_dir / "amfacpose-r18.json").is_file()
+    # the same untrained files are refused by a server that does not allow them
+    refused = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n"])[0]
+    assert refused.status_code == 409 and "untrained" in refused.json()["error"]["message"]
+
+
+def test_checkpoint_export_is_served_as_trained(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    checkpoint = tmp_path_factory.mktemp("ckpt") / "amfacpose-r18.pt"
+    torch.manual_seed(1)
+    torch.save(build("amfacpose-r18").state_dict(), checkpoint)
+    card = export_to_store("amfacpose-r18", store_dir, checkpoint=checkpoint)
+    assert card["untrained"] is False and card["checkpoint"] == str(checkpoint)
+    assert max(card["parity"]["max_abs_diff"].values()) < 1e-3
+    r = post_all(Settings(model_dir=store_dir, preload=()), ["amfacpose-r18"])[0]
+    assert r.status_code == 200 and r.json()["untrained"] is False
+    for person in r.json()["persons"]:
+        assert len(person["keypoints"]) == 17

@@ -135,7 +135,7 @@ def models_info(
         typer.echo(f"unknown seed model {unknown[0]!r}; known: {', '.join(sorted(SEED_MODELS))}", err=True)
         raise typer.Exit(2)
     rows = profile_rows(names)
-    typer.echo(format_table(rows, ["model", "input_hw", "params_m", "paper_params_m", "gmacs", "paper_gmacs"]))
+    typer.echo(format_table(rows, ["model", "input_hw", "params_m", "paper_params_m", "gmacs", "paper_gmacs", "g"]))
 
 
 @models_app.command("list")

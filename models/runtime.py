@@ -61,9 +61,12 @@ class OrtModel:
         providers: Sequence[str] = ("cuda", "cpu"),
         intra_op_threads: int = 0,
         fp16: bool = False,
+        allow_spinning: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        if not allow_spinning:  # idle intra-op threads sleep instead of busy-waiting for the next run
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

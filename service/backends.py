@@ -63,7 +63,13 @@ class Detections:
 def _sessions(path: Any, settings: BackendSettings, name: str) -> list[OrtModel]:
     try:
         return [
-            OrtModel(path, providers=settings.providers, intra_op_threads=settings.intra_op_threads, fp16=settings.fp16)
+            OrtModel(
+                path,
+                providers=settings.providers,
+                intra_op_threads=settings.intra_op_threads,
+                fp16=settings.fp16,
+                allow_spinning=settings.ort_spinning,
+            )
             for _ in range(settings.workers)
         ]
     except Exception as exc:  # a corrupt or incompatible file must not take the service down

@@ -26,12 +26,15 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_batch: int = Field(8, ge=1, le=256)
-    max_wait_ms: float = Field(4.0, ge=0, le=1000)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
     max_queue: int = Field(64, ge=1)
     workers: int = Field(1, ge=1, le=64, description="ORT sessions (one thread each) per stage")
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 = ORT default")
     providers: tuple[Provider, ...] = ("cuda", "cpu")
     fp16: bool = False
+    ort_spinning: bool = Field(
+        True, description="let idle ORT threads busy-wait (lower latency when the CPU has nothing else to do)"
+    )
     input_size: int | None = Field(None, ge=32, description="square input side; None = the model's default")
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ __all__ = ["ACCEPTED_MEDIA_TYPES", "decode_image"]
 
 ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/bmp"})
 _ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+_EXIF_ORIENTATION = 0x0112
 
 # Our own pixel limit is checked first; Pillow's bomb guard stays as a second line of defence.
 Image.MAX_IMAGE_PIXELS = None
@@ -45,8 +46,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     try:
         image.load()
-        upright = ImageOps.exif_transpose(image) or image
-        rgb = upright.convert("RGB")
+        upright: Image.Image = image
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            upright = ImageOps.exif_transpose(image)
+        rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"corrupt or truncated image data: {exc}") from exc
     return np.asarray(rgb)

@@ -99,8 +99,13 @@ def _max_pool_same(x: np.ndarray, k: int) -> np.ndarray:
     r = k // 2
     padded = np.full((h + 2 * r, w + 2 * r), -np.inf, dtype=x.dtype)
     padded[r : r + h, r : r + w] = x
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k))
-    return windows.max(axis=(2, 3))
+    rows = padded[:, 0:w].copy()  # separable: max over the k columns, then over the k rows
+    for j in range(1, k):
+        np.maximum(rows, padded[:, j : j + w], out=rows)
+    out = rows[0:h].copy()
+    for i in range(1, k):
+        np.maximum(out, rows[i : i + h], out=out)
+    return out
 
 
 def _check_heads(heads: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -149,25 +154,38 @@ def decode_candidates(heads: Sequence[np.ndarray]) -> MultiPosePersons:
     ymax = np.clip(ctr_y + half_h, 0, np.float32(h))
     xmax = np.clip(ctr_x + half_w, 0, np.float32(w))
 
-    # 3. heatmaps weighted by distance to the regressed keypoint, masked to the box: (h, w, P, 17)
-    grid_y = np.arange(h, dtype=np.float32)[:, None, None, None]
-    grid_x = np.arange(w, dtype=np.float32)[None, :, None, None]
-    dist2 = (grid_y - reg_y) * (grid_y - reg_y) + (grid_x - reg_x) * (grid_x - reg_x)
+    # 3. heatmaps weighted by distance to the regressed keypoint, masked to the box; argmax per
+    #    candidate and keypoint. Outside its box a candidate's weighted map is 0, so only the box's
+    #    cells are computed (same float32 operations, so the same values and first-maximum ties).
     sigma = np.float32(min(h, w)) * _SIGMA_SCALE
-    weight = np.exp((np.float32(-1.0) * dist2) / sigma, dtype=np.float32)
-    heat = np.transpose(_sigmoid(kpt_logits), (1, 2, 0))[:, :, None, :]
-    gy = grid_y[:, :, :, 0]
-    gx = grid_x[:, :, :, 0]
-    in_box = (gy >= ymin) & (gy < ymax) & (gx >= xmin) & (gx < xmax)
-    weighted = heat * weight * in_box[..., None].astype(np.float32)
-
-    # argmax over cells (first maximum wins, like ArgMax), per candidate and keypoint
-    flat = np.argmax(weighted.reshape(h * w, p * k), axis=0).reshape(p, k)
-    ky, kx = np.divmod(flat, w)
+    heat = np.transpose(_sigmoid(kpt_logits), (1, 2, 0))  # (h, w, 17)
+    ky = np.zeros((p, k), np.int64)
+    kx = np.zeros((p, k), np.int64)
+    for i in range(p):
+        y0, y1 = int(np.ceil(ymin[i])), int(np.ceil(ymax[i]))
+        x0, x1 = int(np.ceil(xmin[i])), int(np.ceil(xmax[i]))
+        if y1 <= y0 or x1 <= x0:
+            continue  # empty box: every weighted cell is 0 and the first cell of the map wins
+        gy = np.arange(y0, y1, dtype=np.float32)[:, None, None]
+        gx = np.arange(x0, x1, dtype=np.float32)[None, :, None]
+        dist2 = (gy - reg_y[i]) * (gy - reg_y[i]) + (gx - reg_x[i]) * (gx - reg_x[i])
+        weight = np.exp((np.float32(-1.0) * dist2) / sigma, dtype=np.float32)
+        region = (heat[y0:y1, x0:x1] * weight).reshape(-1, k)
+        best = np.argmax(region, axis=0)
+        found = region[best, np.arange(k)] > 0
+        by, bx = np.divmod(best, x1 - x0)
+        ky[i] = np.where(found, by + y0, 0)
+        kx[i] = np.where(found, bx + x0, 0)
     kpt_idx = np.broadcast_to(np.arange(k), (p, k))
 
     # 4. keypoint score: the weighted heatmap at that cell, maximised over candidates
-    kpt_scores = weighted.max(axis=2)[ky, kx, kpt_idx]
+    cell_y, cell_x = ky.astype(np.float32)[:, :, None], kx.astype(np.float32)[:, :, None]  # (P, 17, 1)
+    ry, rx = reg_y.T[None], reg_x.T[None]  # (1, 17, Q)
+    dist2 = (cell_y - ry) * (cell_y - ry) + (cell_x - rx) * (cell_x - rx)
+    weight = np.exp((np.float32(-1.0) * dist2) / sigma, dtype=np.float32)
+    inside = (cell_y >= ymin) & (cell_y < ymax) & (cell_x >= xmin) & (cell_x < xmax)  # (P, 17, Q)
+    heat_at = heat[ky, kx, kpt_idx][:, :, None]
+    kpt_scores = (heat_at * weight * inside.astype(np.float32)).max(axis=2)
     offsets = kpt_offsets.reshape(k, 2, h, w)[kpt_idx, :, ky, kx]
     kpt_y = (ky.astype(np.float32) + offsets[..., 0]) * np.float32(STRIDE)
     kpt_x = (kx.astype(np.float32) + offsets[..., 1]) * np.float32(STRIDE)

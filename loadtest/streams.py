@@ -28,6 +28,12 @@ from service.spawn import spawned_server
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _client(ws_url: str, seconds: float) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     async with websockets.connect(ws_url, open_timeout=10) as ws:
@@ -51,7 +57,7 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
     shared = Path(os.environ.get("POSESERVE_SHARED_DIR", REPO.parent / "shared"))
     videos = [shared / "data/videos/pose2sim_multi" / f"cam0{(i % 4) + 1}.mp4" for i in range(cameras)]
     env = {"POSESERVE_STREAMS__DEFAULT_MAX_FPS": str(max_fps), "POSESERVE_LOG_LEVEL": "warning"}
-    with CameraFleet(videos, fps=fps) as fleet, spawned_server(env) as (url, _):
+    with CameraFleet(videos, fps=fps) as fleet, spawned_server(env) as (url, proc):
         ids = []
         for i, camera in enumerate(fleet.urls):
             r = httpx.post(f"{url}/v1/streams", json={"url": camera, "name": f"cam{i + 1}"}, timeout=30)
@@ -59,6 +65,7 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
             ids.append(r.json()["id"])
         time.sleep(warmup_s)
         before = {s["id"]: s for s in httpx.get(f"{url}/v1/streams", timeout=10).json()}
+        cpu_before, wall_before = _cpu_seconds(proc.pid), time.monotonic()
         ws_base = url.replace("http://", "ws://")
 
         async def clients() -> list[list[dict[str, Any]]]:
@@ -66,6 +73,7 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
 
         received = asyncio.run(clients())
         after = {s["id"]: s for s in httpx.get(f"{url}/v1/streams", timeout=10).json()}
+        server_cpu_pct = 100 * (_cpu_seconds(proc.pid) - cpu_before) / (time.monotonic() - wall_before)
     rows = []
     for sid, messages in zip(ids, received, strict=True):
         ages = np.array([m["latency_ms"]["capture_to_result"] for m in messages]) if messages else np.zeros(1)
@@ -87,7 +95,14 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
                 "reader_cpu_pct": round(100 * (after[sid]["reader_cpu_s"] - before[sid]["reader_cpu_s"]) / seconds, 1),
             }
         )
-    return {"cameras": cameras, "camera_fps": fps, "max_fps": max_fps, "seconds": seconds, "rows": rows}
+    return {
+        "cameras": cameras,
+        "camera_fps": fps,
+        "max_fps": max_fps,
+        "seconds": seconds,
+        "server_cpu_pct": round(server_cpu_pct, 1),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -115,6 +130,7 @@ def main() -> None:
     print("  ".join(f"{c:>14}" for c in columns))
     for row in report["rows"]:
         print("  ".join(f"{row[c]!s:>14}" for c in columns), " frames:", row["frames"])
+    print(f"server process CPU: {report['server_cpu_pct']}% of one core (2 cores = 200%)")
     print(f"wrote {args.out}")
 
 

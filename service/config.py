@@ -56,6 +56,7 @@ class StreamSettings(BaseModel):
     block_private: bool = Field(False, description="refuse RFC 1918 / ULA addresses")
     block_loopback: bool = Field(False, description="refuse 127.0.0.0/8 and ::1")
     open_timeout_ms: int = Field(3000, ge=100)
+    decode_threads: int = Field(1, ge=1, le=16, description="FFmpeg decoder threads per camera")
     read_timeout_ms: int = Field(2000, ge=100)
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(10.0, gt=0)

@@ -146,6 +146,12 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def assert_clean_log(log_path: Path) -> None:
+    """No request or connection may have ended in an unhandled exception."""
+    text = log_path.read_text(errors="replace")
+    assert "Traceback" not in text, text[text.index("Traceback") - 200 :][:4000]
+
+
 @contextmanager
 def running_server(model_dir: Path, log_path: Path, **env_overrides: str) -> Iterator[tuple[str, int]]:
     """`poseserve serve` as a subprocess on an ephemeral loopback port: (base url, pid)."""

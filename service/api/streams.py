@@ -86,5 +86,5 @@ async def stream_ws(websocket: WebSocket, stream_id: str) -> None:
                 await task
         svc.streams.unsubscribe(stream_id, client)
         if websocket.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client may be gone already
                 await websocket.close()

@@ -87,6 +87,9 @@ def open_opencv(url: str, settings: StreamSettings) -> Capture | None:
         settings.open_timeout_ms,
         cv2.CAP_PROP_READ_TIMEOUT_MSEC,
         settings.read_timeout_ms,
+        # decode in the reader's own thread: one core per camera at most, and its CPU is measurable
+        cv2.CAP_PROP_N_THREADS,
+        settings.decode_threads,
     ]
     cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():

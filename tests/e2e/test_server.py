@@ -11,7 +11,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support import bad_inputs, batches_larger_than_one, four_person_grid, iou, running_server, sample_jpeg
+from tests.support import (
+    assert_clean_log,
+    bad_inputs,
+    batches_larger_than_one,
+    four_person_grid,
+    iou,
+    running_server,
+    sample_jpeg,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +36,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     }
     with running_server(model_dir, log, **env) as (url, _):
         yield url
+    assert_clean_log(log)
 
 
 @pytest.mark.parametrize("backend", ["movenet-multipose", "topdown-movenet"])

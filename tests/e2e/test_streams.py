@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from loadtest.fleet import CameraFleet, fleet_available
-from tests.support import metric_samples, running_server, shared_dir
+from tests.support import assert_clean_log, metric_samples, running_server, shared_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +51,7 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     log = tmp_path_factory.mktemp("streams") / "server.log"
     with CameraFleet(videos, fps=25) as fleet, running_server(model_dir, log, **settings_env) as (url, pid):
         yield Env(url, pid, fleet)
+    assert_clean_log(log)
 
 
 def subscribe_all(env: Env) -> list[str]:

@@ -108,7 +108,9 @@ def export_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option(help="trained state dict (.pt); without it the export is marked untrained")
     ] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="folder for NAME.onnx + NAME.json (default: model dir)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="ONNX file to write, card beside it (default: MODEL_DIR/NAME.onnx)")
+    ] = None,
 ) -> None:
     """Export a seed-paper network to ONNX (dynamic batch) with its card, checked against PyTorch."""
     from models.zoo import SEED_MODELS, export_to_store
@@ -116,7 +118,7 @@ def export_cmd(
     if name not in SEED_MODELS:
         typer.echo(f"unknown seed model {name!r}; known: {', '.join(sorted(SEED_MODELS))}", err=True)
         raise typer.Exit(2)
-    card = export_to_store(name, out_dir or _settings().model_dir, checkpoint=checkpoint)
+    card = export_to_store(name, out or _settings().model_dir / f"{name}.onnx", checkpoint=checkpoint)
     diffs = card["parity"]["max_abs_diff"]
     state = "UNTRAINED (random weights)" if card["untrained"] else f"checkpoint {checkpoint}"
     typer.echo(f"{name}: {card['file']} {state}; ONNX vs PyTorch max abs diff {diffs}")

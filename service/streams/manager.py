@@ -1,7 +1,8 @@
 """Camera subscriptions: a reader per camera, a scheduler per stream, WebSocket fan-out.
 
-Latest-frame policy: the reader keeps only the newest frame; each stream's scheduler ticks at
-`max_fps`, takes the newest frame it has not seen, and submits it into the backend's shared
+Latest-frame policy: the reader keeps only the newest frame and wakes the stream's scheduler;
+the scheduler takes the newest frame once the stream's single in-flight slot is free and
+`1 / max_fps` has passed since the last submission, and submits it into the backend's shared
 batcher (key = stream id, so cameras share batches fairly) with a deadline of
 `capture + frame_max_age_ms`. At most one frame per stream is in flight, so stale frames never
 queue. Every frame gets exactly one outcome: processed, dropped_stale, dropped_overload,
@@ -94,6 +95,7 @@ class Stream:
     last_seq: int = 0
     stalled: bool = False
     task: asyncio.Task[None] | None = None
+    new_frame: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def state(self) -> StreamState:
@@ -186,7 +188,13 @@ class StreamManager:
         if any(s.name == name for s in self._streams.values()):
             raise DuplicateStreamError(f"a stream named {name!r} exists already")
         await loop.run_in_executor(self._pool, self._backends.get, backend_name)  # WeightsMissingError
-        reader = CameraReader(url, self._settings, name=name, on_state=lambda st: self._state_changed(stream_id, st))
+        reader = CameraReader(
+            url,
+            self._settings,
+            name=name,
+            on_state=lambda st: self._state_changed(stream_id, st),
+            on_frame=lambda: self._frame_arrived(stream_id),
+        )
         stream = Stream(
             id=stream_id,
             name=name,
@@ -255,6 +263,12 @@ class StreamManager:
             return
         self._loop.call_soon_threadsafe(self._on_state, stream_id)
 
+    def _frame_arrived(self, stream_id: str) -> None:
+        """Called from a reader thread for every frame: wake the stream's scheduler."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(stream.new_frame.set)
+
     def _on_state(self, stream_id: str) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -286,26 +300,35 @@ class StreamManager:
                 self._metrics.stream_result_fps.labels(stream=stream.name).set(stream.result_fps())
 
     async def _schedule(self, stream: Stream) -> None:
+        """Submit the newest frame whenever one arrives, the stream's slot is free and `max_fps` allows.
+
+        Frames superseded while the slot was busy count as `dropped_overload`; those superseded
+        while waiting out the `max_fps` interval count as `skipped`.
+        """
         period_s = 1.0 / stream.max_fps
         max_age_s = self._settings.frame_max_age_ms / 1000.0
         loop = asyncio.get_running_loop()
         in_flight: asyncio.Task[None] | None = None
-        next_tick = loop.time()
+        next_allowed = loop.time()
         try:
             while True:
-                next_tick = max(next_tick + period_s, loop.time())
-                await asyncio.sleep(max(0.0, next_tick - loop.time()))
+                await stream.new_frame.wait()
+                stream.new_frame.clear()
+                busy = in_flight is not None and not in_flight.done()
+                if in_flight is not None and busy:
+                    await asyncio.wait({in_flight})
+                if (delay := next_allowed - loop.time()) > 0:
+                    await asyncio.sleep(delay)
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
                     continue
-                self._count(stream, "skipped", frame.seq - stream.last_seq - 1)
+                self._count(stream, "dropped_overload" if busy else "skipped", frame.seq - stream.last_seq - 1)
                 stream.last_seq = frame.seq
                 if time.monotonic() - frame.captured_mono > max_age_s:
                     self._count(stream, "dropped_stale")
-                elif in_flight is not None and not in_flight.done():
-                    self._count(stream, "dropped_overload")
-                else:
-                    in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
+                    continue
+                next_allowed = loop.time() + period_s
+                in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
         finally:
             if in_flight is not None:
                 in_flight.cancel()

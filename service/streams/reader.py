@@ -108,12 +108,14 @@ class CameraReader:
         *,
         name: str,
         on_state: Callable[[StreamState], None] = lambda _: None,
+        on_frame: Callable[[], None] = lambda: None,
         open_capture: Callable[[str, StreamSettings], Capture | None] = open_opencv,
         rng: random.Random | None = None,
     ) -> None:
         self.url, self.name = url, name
         self._settings = settings
         self._on_state = on_state
+        self._on_frame = on_frame
         self._open = open_capture
         self._rng = rng or random.Random()
         self._stop = threading.Event()
@@ -222,4 +224,5 @@ class CameraReader:
             self.cpu_s = time.thread_time() - self._cpu_start
             got_frame = True
             self._set_state(StreamState.LIVE)
+            self._on_frame()
         return got_frame

@@ -171,8 +171,8 @@ def calibrate_batchnorm(model: nn.Module, input_chw: tuple[int, int, int], batch
     model.eval()
 
 
-def export_to_store(name: str, model_dir: Path, *, checkpoint: Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """Export `name` to `model_dir/NAME.onnx` with its card; returns the card."""
+def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Export `name` to `out` (a `.onnx` path, or a folder for `NAME.onnx`) with its card beside it."""
     spec = SEED_MODELS[name]
     torch.manual_seed(seed)
     model = build(name)
@@ -182,7 +182,9 @@ def export_to_store(name: str, model_dir: Path, *, checkpoint: Path | None = Non
     else:
         calibrate_batchnorm(model, (3, h, w))
     model.eval()
-    out = Path(model_dir) / f"{name}.onnx"
+    out = Path(out)
+    if out.suffix != ".onnx":
+        out = out / f"{name}.onnx"
     parity = export_onnx(model, (3, h, w), out, output_names=list(spec.output_names))
     codec_params = dict(spec.codec_params)
     if isinstance(model, erpose.ERPose):

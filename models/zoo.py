@@ -165,7 +165,7 @@ def calibrate_batchnorm(model: nn.Module, input_chw: tuple[int, int, int], batch
         m.momentum = None  # cumulative average: one batch sets the statistics
     model.train()
     with torch.no_grad():
-        model(torch.rand(batch, *input_chw))
+        model(torch.randn(batch, *input_chw))  # standard normal, as the parity check's inputs
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.eval()

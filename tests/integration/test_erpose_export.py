@@ -8,38 +8,22 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from models.codecs.erpose import anchor_grid
 from models.export import export_onnx
 from models.nets.erpose import INPUT_SIZE, erpose_n
+from models.zoo import calibrate_batchnorm
 
 pytestmark = pytest.mark.integration
 
 MAX_ABS_DIFF = 1e-3
 
 
-def _calibrate_batchnorm(model: nn.Module, size: int) -> None:
-    """Set BN running stats from one standard-normal batch (the inputs ``export_onnx`` checks on).
-
-    At init the stats are (0, 1): activations fade through the depth and every output is the
-    same constant, which would make parity vacuous.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one batch sets the stats
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, size, size))
-    model.eval()
-
-
 def test_erpose_n_onnx_parity(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = erpose_n(INPUT_SIZE)
-    _calibrate_batchnorm(model, INPUT_SIZE)
+    calibrate_batchnorm(model, (3, INPUT_SIZE, INPUT_SIZE))
     with torch.no_grad():
         ref = model(torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE))
     assert isinstance(ref, torch.Tensor) and ref[..., 0].std() > 0.1  # outputs depend on the input

@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from models.export import export_onnx, sha256_file, write_card
 from models.nets import amfacpose, lehrnet
+from models.zoo import calibrate_batchnorm
 
 pytestmark = pytest.mark.integration
 
@@ -23,18 +23,6 @@ CASES = {
 }
 
 
-def _calibrate_batchnorm(model: nn.Module, input_hw: tuple[int, int]) -> None:
-    """BN running stats from one standard-normal batch, so outputs depend on the input (not vacuous)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, *input_hw))
-    model.eval()
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_onnx_parity_batch_1_and_8(name: str, tmp_path: Path) -> None:
     torch.set_num_threads(2)
@@ -42,7 +30,7 @@ def test_onnx_parity_batch_1_and_8(name: str, tmp_path: Path) -> None:
     variants, input_hws, output_names = CASES[name]
     model = variants[name]()
     input_hw = input_hws[name]
-    _calibrate_batchnorm(model, input_hw)
+    calibrate_batchnorm(model, (3, *input_hw))
     with torch.no_grad():
         ref = model(torch.randn(2, 3, *input_hw))
     first = ref[0] if isinstance(ref, tuple) else ref

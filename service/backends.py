@@ -60,7 +60,9 @@ class Detections:
     scores: np.ndarray
 
 
-def _sessions(path: Any, settings: BackendSettings, name: str) -> list[OrtModel]:
+def _sessions(path: Any, settings: BackendSettings, name: str, *, spinning: bool) -> list[OrtModel]:
+    if settings.ort_spinning is not None:
+        spinning = settings.ort_spinning
     try:
         return [
             OrtModel(
@@ -68,7 +70,7 @@ def _sessions(path: Any, settings: BackendSettings, name: str) -> list[OrtModel]
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
                 fp16=settings.fp16,
-                allow_spinning=settings.ort_spinning,
+                allow_spinning=spinning,
             )
             for _ in range(settings.workers)
         ]
@@ -154,7 +156,7 @@ class SingleStageBackend(LoadedBackend):
         return cls(
             spec,
             pipeline=single_stage_pipeline(spec, bs.input_size, store.card(spec.weights)),
-            sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name),
+            sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name, spinning=True),
             settings=bs,
             metrics=metrics,
             card=store.card(spec.weights),
@@ -227,8 +229,8 @@ class TopDownBackend(LoadedBackend):
             spec,
             detector=detector(td.detector, max_persons=td.max_persons),
             pose=crop_pose(spec, store.card(spec.weights)),
-            det_sessions=_sessions(store.onnx_path(td.detector), bs, spec.name),
-            pose_sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name),
+            det_sessions=_sessions(store.onnx_path(td.detector), bs, spec.name, spinning=False),
+            pose_sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name, spinning=False),
             settings=bs,
             topdown=td,
             metrics=metrics,

@@ -32,8 +32,10 @@ class BackendSettings(BaseModel):
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 = ORT default")
     providers: tuple[Provider, ...] = ("cuda", "cpu")
     fp16: bool = False
-    ort_spinning: bool = Field(
-        True, description="let idle ORT threads busy-wait (lower latency when the CPU has nothing else to do)"
+    ort_spinning: bool | None = Field(
+        None,
+        description="let idle ORT threads busy-wait; None = on for single-stage backends, off for top-down "
+        "ones (their two sessions alternate, and one's spinning threads would slow the other)",
     )
     input_size: int | None = Field(None, ge=32, description="square input side; None = the model's default")
 

@@ -124,9 +124,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        problems = []
-        if backends.loaded(settings.default_backend) is None:
-            problems.append(f"default backend {settings.default_backend} is not loaded")
+        problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
         if not backends.healthy():
             problems.append("a backend has dead workers")
         if settings.redis_url and not await _redis_reachable(settings.redis_url):

@@ -172,7 +172,7 @@ def test_backends_listing_and_api_keys(model_dir: Path) -> None:
 
 
 def test_missing_weights_answer_409(tmp_path: Path) -> None:
-    empty = settings_for(tmp_path, preload=())
+    empty = settings_for(tmp_path)  # the preloaded default backend cannot load: not ready
 
     async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
         r = await client.post("/v1/pose", content=noise_jpeg(), headers={"content-type": "image/jpeg"})

@@ -88,6 +88,12 @@ def _run_rows(
     return [post([o[i] for o in outputs], i) for i in range(len(rows))], inference_s
 
 
+def _warm_up(sessions: Sequence[OrtModel], rows: list[np.ndarray]) -> None:
+    """One run per session before serving: the first request must not pay for ORT's first run."""
+    for session in sessions:
+        session.run(np.stack(rows))
+
+
 async def _await(future: Future[ItemResult[T]], wait_s: float) -> ItemResult[T]:
     return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, wait_s))
 
@@ -148,6 +154,8 @@ class SingleStageBackend(LoadedBackend):
             backend=spec.name, stage="pose", settings=bs, sessions=sessions, run_batch=self._run_batch, metrics=metrics
         )
         self.runners = [self.runner]
+        blank = np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8)
+        _warm_up(sessions, [pipeline.preprocess(blank)[0]])
         self.runner.start()
 
     @classmethod
@@ -218,6 +226,10 @@ class TopDownBackend(LoadedBackend):
         )
         self.runners = [self.detect, self.pose_runner]
         self._frames = itertools.count()
+        side = detector.input_size
+        _warm_up(det_sessions, [detector.preprocess(np.zeros((side, side, 3), np.uint8))[0]])
+        crop_w, crop_h = pose.crop_wh
+        _warm_up(pose_sessions, [pose.preprocess_crop(np.zeros((crop_h, crop_w, 3), np.uint8))])
         for runner in self.runners:
             runner.start()
 

@@ -57,7 +57,8 @@ def test_never_connecting_camera_backs_off_and_stops_cleanly() -> None:
     assert reader.state == StreamState.STOPPED and not reader.alive
     assert reader.frames_read == 0 and reader.latest() is None
     gaps = np.diff(attempts)
-    assert gaps[-1] >= 0.8 * FAST.backoff_max_s and gaps.max() <= 1.2 * FAST.backoff_max_s + 0.05
+    # the delay grows from backoff_initial_s towards backoff_max_s (jitter +-20 %), never below it
+    assert gaps[0] >= 0.8 * FAST.backoff_initial_s and gaps[-1] >= 0.8 * FAST.backoff_max_s
 
 
 def test_lost_stream_reconnects_and_keeps_only_the_newest_frame() -> None:

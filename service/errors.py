@@ -5,12 +5,16 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "DeadlineExceededError",
+    "DuplicateStreamError",
     "ImageTooLargeError",
     "InvalidImageError",
+    "InvalidStreamUrlError",
     "OverloadedError",
     "QueueFullError",
     "ServeError",
+    "StreamLimitError",
     "UnknownBackendError",
+    "UnknownStreamError",
     "UnsupportedMediaTypeError",
     "WeightsMissingError",
 ]
@@ -66,3 +70,21 @@ class QueueFullError(OverloadedError):
 
 class DeadlineExceededError(ServeError):
     code = "timeout"
+
+
+class InvalidStreamUrlError(ServeError):
+    """A stream URL is malformed or not allowed; the message says which rule refused it."""
+
+    code = "invalid_stream_url"
+
+
+class UnknownStreamError(ServeError):
+    code = "unknown_stream"
+
+
+class DuplicateStreamError(ServeError):
+    code = "duplicate_stream"
+
+
+class StreamLimitError(ServeError):
+    code = "too_many_streams"

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from service.api.deps import Services, require_key, services, websocket_key_ok
+from service.errors import UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
-from service.streams.manager import ClientQueue, UnknownStreamError
+from service.streams.manager import ClientQueue
 
 __all__ = ["router", "ws_router"]
 

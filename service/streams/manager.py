@@ -27,34 +27,22 @@ import cv2
 
 from service.backends import BackendManager, LoadedBackend, Prepared
 from service.config import StreamSettings
-from service.errors import DeadlineExceededError, QueueFullError, ServeError
+from service.errors import (
+    DeadlineExceededError,
+    DuplicateStreamError,
+    QueueFullError,
+    ServeError,
+    StreamLimitError,
+    UnknownStreamError,
+)
 from service.metrics import STREAM_STATES, Metrics
 from service.schemas import persons_json
 from service.streams.reader import CameraReader, Frame, StreamState
 from service.streams.urls import redact, validate_stream_url
 
-__all__ = [
-    "ClientQueue",
-    "DuplicateStreamError",
-    "Stream",
-    "StreamLimitError",
-    "StreamManager",
-    "UnknownStreamError",
-]
+__all__ = ["ClientQueue", "Stream", "StreamManager"]
 
 logger = logging.getLogger(__name__)
-
-
-class UnknownStreamError(ServeError):
-    code = "unknown_stream"
-
-
-class DuplicateStreamError(ServeError):
-    code = "duplicate_stream"
-
-
-class StreamLimitError(ServeError):
-    code = "too_many_streams"
 
 
 class ClientQueue:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from service.config import StreamSettings
-from service.errors import ServeError
+from service.errors import InvalidStreamUrlError
 
-__all__ = ["InvalidStreamUrlError", "redact", "validate_stream_url"]
+__all__ = ["redact", "validate_stream_url"]
 
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data", "metadata.azure.com"})
 _METADATA_ADDRESSES = frozenset(
@@ -23,12 +23,6 @@ _METADATA_ADDRESSES = frozenset(
 )
 
 Resolver = Callable[[str], Sequence[str]]
-
-
-class InvalidStreamUrlError(ServeError):
-    """The URL is malformed or not allowed; the message says which rule refused it."""
-
-    code = "invalid_stream_url"
 
 
 def _resolve(host: str) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from service.config import StreamSettings
-from service.streams.urls import InvalidStreamUrlError, redact, validate_stream_url
+from service.errors import InvalidStreamUrlError
+from service.streams.urls import redact, validate_stream_url
 
 pytestmark = pytest.mark.unit
 

@@ -41,6 +41,17 @@ class Persons:
             scores=np.zeros((0,), np.float32),
         )
 
+    @classmethod
+    def from_input(
+        cls, keypoints: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray, geometry: Letterbox
+    ) -> Persons:
+        """A decoder's persons in input-tensor pixels -> `Persons` in image pixels."""
+        if len(scores) == 0:
+            return cls.empty()
+        image_keypoints = keypoints.astype(np.float32)  # a copy: the decoder's arrays stay intact
+        image_keypoints[..., :2] = geometry.to_image(image_keypoints[..., :2])
+        return cls(image_keypoints, geometry.boxes_to_image(boxes_xyxy), scores.astype(np.float32))
+
     def __len__(self) -> int:
         return len(self.scores)
 
@@ -75,9 +86,4 @@ class MoveNetMultiPose:
 
     def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> Persons:
         decoded = movenet.decode(outputs)
-        if len(decoded.scores) == 0:
-            return Persons.empty()
-        keypoints = decoded.keypoints.astype(np.float32).copy()
-        keypoints[..., :2] = geometry.to_image(keypoints[..., :2])
-        corners = geometry.to_image(decoded.boxes_xyxy.reshape(-1, 2, 2).astype(np.float32)).reshape(-1, 4)
-        return Persons(keypoints=keypoints, boxes_xyxy=corners, scores=decoded.scores.astype(np.float32))
+        return Persons.from_input(decoded.keypoints, decoded.boxes_xyxy, decoded.scores, geometry)

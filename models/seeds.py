@@ -113,9 +113,4 @@ class ERPosePipeline:
         keypoints, boxes, scores = erpose.decode(
             outputs[0], input_size=self.input_size, strides=self.strides, conf_threshold=self.conf_threshold
         )
-        if len(scores) == 0:
-            return Persons.empty()
-        keypoints = keypoints.copy()
-        keypoints[..., :2] = geometry.to_image(keypoints[..., :2])
-        corners = geometry.to_image(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
-        return Persons(keypoints=keypoints, boxes_xyxy=corners, scores=scores)
+        return Persons.from_input(keypoints, boxes, scores, geometry)

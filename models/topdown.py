@@ -113,21 +113,6 @@ def _check_outputs(model: str, expected: Sequence[str], session: SessionRunner) 
         raise ValueError(f"{model}: session outputs {session.output_names}, expected {list(expected)}")
 
 
-def _boxes_to_image(boxes_xyxy: np.ndarray, geometry: Letterbox) -> np.ndarray:
-    """(B, 4) box edges in input pixels -> image pixels, clipped to the image.
-
-    Box edges are continuous coordinates (pixel i spans [i, i + 1]), so they scale about the
-    image's corner, unlike pixel-centre keypoints (``Letterbox.to_image``).
-    """
-    out = np.empty_like(boxes_xyxy, dtype=np.float32)
-    out[:, 0::2] = (boxes_xyxy[:, 0::2] - geometry.pad_x) / geometry.scale_x
-    out[:, 1::2] = (boxes_xyxy[:, 1::2] - geometry.pad_y) / geometry.scale_y
-    w, h = geometry.image_wh
-    np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
-    np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
-    return out
-
-
 # ---- detectors ------------------------------------------------------------------------------------
 
 
@@ -175,7 +160,7 @@ class NanoDetPersons:
             iou_threshold=self.iou_threshold,
         )
         boxes, scores = boxes[: self.max_persons], scores[: self.max_persons]
-        return _boxes_to_image(boxes, geometry), scores
+        return geometry.boxes_to_image(boxes), scores
 
 
 class MoveNetBoxes:
@@ -201,7 +186,7 @@ class MoveNetBoxes:
     def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray]:
         """Six MoveNet heads (``movenet.HEAD_NAMES``) -> boxes_xyxy (B, 4) image px, scores (B,)."""
         decoded = movenet.decode(outputs, min_score=self.min_score)
-        boxes = _boxes_to_image(decoded.boxes_xyxy.astype(np.float32), geometry)
+        boxes = geometry.boxes_to_image(decoded.boxes_xyxy)
         return boxes, decoded.scores.astype(np.float32)
 
 

@@ -57,6 +57,20 @@ class Letterbox:
         np.clip(out[..., 1], 0, h - 1, out=out[..., 1])
         return out
 
+    def boxes_to_image(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Map (B, 4) box edges in input pixels to image pixels, clipped to the image.
+
+        Box edges are continuous coordinates (pixel i spans [i, i + 1]), so they scale about the
+        image's corner, unlike pixel-centre points (`to_image`).
+        """
+        out = np.empty(np.shape(boxes_xyxy), dtype=np.float32)
+        out[:, 0::2] = (boxes_xyxy[:, 0::2] - self.pad_x) / self.scale_x
+        out[:, 1::2] = (boxes_xyxy[:, 1::2] - self.pad_y) / self.scale_y
+        w, h = self.image_wh
+        np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
+        return out
+
     def to_input(self, points_xy: np.ndarray) -> np.ndarray:
         """Map (..., 2) image-pixel points into input pixels."""
         out = np.empty_like(points_xy, dtype=np.float32)

@@ -78,3 +78,11 @@ def test_flip_swaps_left_and_right() -> None:
     assert flipped[0, 5, 0] == 255 - 60 and flipped[0, 5, 2] == pytest.approx(6 / 17)
     assert flipped[0, 0, 0] == 255  # nose stays the nose
     assert np.allclose(flip_keypoints(flipped, 256), kps)
+
+
+def test_box_edges_scale_about_the_corner() -> None:
+    _, lb = letterbox(np.zeros((100, 200, 3), np.uint8), 64, center=True)
+    # the whole image, as edges in input pixels, maps back onto the whole image
+    full = np.array([[0.0, 16.0, 64.0, 48.0]], np.float32)
+    assert np.allclose(lb.boxes_to_image(full), [[0, 0, 200, 100]], atol=1e-4)
+    assert np.allclose(lb.boxes_to_image(np.array([[-5.0, 0.0, 80.0, 70.0]], np.float32)), [[0, 0, 200, 100]])

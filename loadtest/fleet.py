@@ -18,7 +18,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["CameraFleet", "FleetError", "fleet_available", "free_port"]
+from service.spawn import free_port
+
+__all__ = ["CameraFleet", "FleetError", "fleet_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +31,6 @@ DEFAULT_CACHE = Path.home() / ".cache" / "poseserve" / "fleet"
 
 class FleetError(RuntimeError):
     pass
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fleet_available() -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +28,42 @@ REPO = Path(__file__).resolve().parents[1]
 TILE_WH = (320, 400)
 
 
-def person_grid(pose_samples: Path, people: int) -> np.ndarray:
-    """(rows * 400, cols * 320, 3) BGR grid of `people` annotated persons."""
+def paste_people(pose_samples: Path, picks: Sequence[tuple[int, bool]], cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Annotated people (annotation id, mirrored?) cut at their boxes, one per 320x400 tile.
+
+    Returns the (rows * 400, cols * 320, 3) BGR grid and the (N, 4) xyxy boxes of its people.
+    """
     coco = json.loads((pose_samples / "person_keypoints.json").read_text())
     files = {im["id"]: im["file_name"] for im in coco["images"]}
-    anns = sorted(
-        (a for a in coco["annotations"] if a["num_keypoints"] >= 10 and not a.get("iscrowd")),
-        key=lambda a: -a["bbox"][2] * a["bbox"][3],
-    )
-    cols = min(people, 5)
-    rows = -(-people // cols)
+    annotations = {a["id"]: a for a in coco["annotations"]}
     tw, th = TILE_WH
-    grid = np.full((rows * th, cols * tw, 3), 114, np.uint8)
-    for i in range(people):
-        ann = anns[i % len(anns)]
+    grid = np.full((-(-len(picks) // cols) * th, cols * tw, 3), 114, np.uint8)
+    boxes = []
+    for i, (ann_id, mirror) in enumerate(picks):
+        ann = annotations[ann_id]
         image = cv2.imread(str(pose_samples / files[ann["image_id"]]))
         assert image is not None, files[ann["image_id"]]
         x, y, w, h = (round(v) for v in ann["bbox"])
         cut = image[max(y, 0) : y + h, max(x, 0) : x + w]
-        cut = cut[:, ::-1] if i >= len(anns) else cut
+        cut = cut[:, ::-1] if mirror else cut
         scale = min(0.8 * tw / cut.shape[1], 0.9 * th / cut.shape[0])
-        cut = cv2.resize(cut, (round(cut.shape[1] * scale), round(cut.shape[0] * scale)))
+        size = (round(cut.shape[1] * scale), round(cut.shape[0] * scale))
+        cut = cv2.resize(cut, size, interpolation=cv2.INTER_AREA)
         ox, oy = (i % cols) * tw + (tw - cut.shape[1]) // 2, (i // cols) * th + (th - cut.shape[0]) // 2
         grid[oy : oy + cut.shape[0], ox : ox + cut.shape[1]] = cut
-    return grid
+        boxes.append([ox, oy, ox + cut.shape[1], oy + cut.shape[0]])
+    return grid, np.array(boxes, np.float32)
+
+
+def person_grid(pose_samples: Path, people: int) -> np.ndarray:
+    """BGR grid of the `people` largest annotated persons with >= 10 keypoints (mirrored past the last)."""
+    coco = json.loads((pose_samples / "person_keypoints.json").read_text())
+    anns = sorted(
+        (a for a in coco["annotations"] if a["num_keypoints"] >= 10 and not a.get("iscrowd")),
+        key=lambda a: -a["bbox"][2] * a["bbox"][3],
+    )
+    picks = [(anns[i % len(anns)]["id"], i >= len(anns)) for i in range(people)]
+    return paste_people(pose_samples, picks, cols=min(people, 5))[0]
 
 
 def main() -> None:

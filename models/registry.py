@@ -21,8 +21,6 @@ class BackendSpec:
     input_size: int
     """Default input side in pixels: the square side, or a top-down crop's height (overridable per
     backend in Settings for single-stage backends)."""
-    size_multiple: int
-    """Valid input sides are multiples of this."""
     codec: str
     weights: str
     """Name of the model file in the weights store."""
@@ -38,7 +36,6 @@ BACKENDS: dict[str, BackendSpec] = {
             name="movenet-multipose",
             kind="single-stage",
             input_size=384,
-            size_multiple=32,
             codec="movenet-multipose",
             weights="movenet-multipose",
             pretrained=True,
@@ -48,7 +45,6 @@ BACKENDS: dict[str, BackendSpec] = {
             name="topdown-movenet",
             kind="top-down",
             input_size=256,
-            size_multiple=1,
             codec="movenet-thunder",
             weights="movenet-thunder",
             pretrained=True,
@@ -58,7 +54,6 @@ BACKENDS: dict[str, BackendSpec] = {
             name="topdown-blazepose",
             kind="top-down",
             input_size=256,
-            size_multiple=1,
             codec="blazepose-heavy",
             weights="blazepose-heavy",
             pretrained=True,
@@ -69,7 +64,6 @@ BACKENDS: dict[str, BackendSpec] = {
                 name=name,
                 kind="top-down",
                 input_size=size,
-                size_multiple=1,
                 codec=codec,
                 weights=name,
                 pretrained=False,
@@ -86,7 +80,6 @@ BACKENDS: dict[str, BackendSpec] = {
                 name=f"erpose-{scale}",
                 kind="single-stage",
                 input_size=640,
-                size_multiple=32,
                 codec="erpose",
                 weights=f"erpose-{scale}",
                 pretrained=False,

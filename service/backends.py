@@ -161,13 +161,14 @@ class SingleStageBackend(LoadedBackend):
     @classmethod
     def load(cls, spec: BackendSpec, settings: Settings, store: WeightsStore, metrics: Metrics) -> SingleStageBackend:
         bs = settings.backend(spec.name)
+        card = store.card(spec.weights)
         return cls(
             spec,
-            pipeline=single_stage_pipeline(spec, bs.input_size, store.card(spec.weights)),
+            pipeline=single_stage_pipeline(spec, bs.input_size, card),
             sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name, spinning=True),
             settings=bs,
             metrics=metrics,
-            card=store.card(spec.weights),
+            card=card,
         )
 
     def prepare(self, image_rgb: np.ndarray) -> Prepared:
@@ -237,16 +238,17 @@ class TopDownBackend(LoadedBackend):
     def load(cls, spec: BackendSpec, settings: Settings, store: WeightsStore, metrics: Metrics) -> TopDownBackend:
         td = settings.topdown
         bs = settings.backend(spec.name)
+        card = store.card(spec.weights)
         return cls(
             spec,
             detector=detector(td.detector, max_persons=td.max_persons),
-            pose=crop_pose(spec, store.card(spec.weights)),
+            pose=crop_pose(spec, card),
             det_sessions=_sessions(store.onnx_path(td.detector), bs, spec.name, spinning=False),
             pose_sessions=_sessions(store.onnx_path(spec.weights), bs, spec.name, spinning=False),
             settings=bs,
             topdown=td,
             metrics=metrics,
-            card=store.card(spec.weights),
+            card=card,
         )
 
     def prepare(self, image_rgb: np.ndarray) -> Prepared:

@@ -131,6 +131,13 @@ class DynamicBatcher(Generic[T]):
             return False
         return self._size >= self.max_batch or self._clock() >= oldest + self.max_wait_s
 
+    def drain(self) -> list[Pending[T]]:
+        """Remove and return everything queued (shutdown)."""
+        items = [p for queue in self._queues.values() for p in queue]
+        self._queues.clear()
+        self._size = 0
+        return items
+
     def pop_batch(self, *, force: bool = False) -> list[Pending[T]]:
         """Release up to `max_batch` items if ready (or `force`), fair across keys; else []."""
         if not (force or self.ready()):

@@ -89,11 +89,8 @@ class StageRunner(Generic[In, Out, Session]):
         """Stop accepting work, fail what is queued, and join the workers."""
         with self._cond:
             self._stopping = True
-            leftover = self._batcher.pop_batch(force=True)
-            while leftover:
-                for p in leftover:
-                    p.item.future.cancel()
-                leftover = self._batcher.pop_batch(force=True)
+            for p in self._batcher.drain():
+                p.item.future.cancel()
             self._cond.notify_all()
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
@@ -108,9 +105,6 @@ class StageRunner(Generic[In, Out, Session]):
     @property
     def worker_count(self) -> int:
         return len(self._threads)
-
-    def queue_depth(self) -> int:
-        return len(self._batcher)
 
     # -- submission ------------------------------------------------------------------------------
     def submit(self, payload: In, *, deadline: float, key: Hashable = None) -> Future[ItemResult[Out]]:

@@ -16,8 +16,9 @@ import httpx
 __all__ = ["free_port", "spawned_server"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port nothing on 127.0.0.1 uses right now (TCP, or UDP with `socket.SOCK_DGRAM`)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtest.topdown_frames import paste_people
 from service.api import create_app
 from service.config import Settings
 from service.spawn import spawned_server
@@ -170,30 +171,13 @@ def running_server(model_dir: Path, log_path: Path, **env_overrides: str) -> Ite
 # 4-person photo in pose_samples (exlpose, id 15) is a near-black low-light frame (mean pixel
 # 0.19 / 255) in which neither detector finds anyone, so it cannot serve here.
 GRID_PEOPLE = ((55, False), (53, False), (54, False), (55, True))
-TILE_WH = (320, 400)
 
 
 def four_person_grid() -> tuple[np.ndarray, np.ndarray]:
     """(800, 640, 3) RGB grid and the (4, 4) xyxy boxes of its people."""
-    root, coco = coco_samples()
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
-    annotations = {a["id"]: a for a in coco["annotations"]}
-    tw, th = TILE_WH
-    grid = np.full((2 * th, 2 * tw, 3), 114, np.uint8)
-    boxes = []
-    for i, (ann_id, mirror) in enumerate(GRID_PEOPLE):
-        ann = annotations[ann_id]
-        image = cv2.cvtColor(cv2.imread(str(root / files[ann["image_id"]])), cv2.COLOR_BGR2RGB)
-        x, y, w, h = (round(v) for v in ann["bbox"])
-        cut = image[max(y, 0) : y + h, max(x, 0) : x + w]
-        cut = cut[:, ::-1] if mirror else cut
-        scale = min(0.8 * tw / cut.shape[1], 0.9 * th / cut.shape[0])
-        cut = cv2.resize(cut, (round(cut.shape[1] * scale), round(cut.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-        ox = (i % 2) * tw + (tw - cut.shape[1]) // 2
-        oy = (i // 2) * th + (th - cut.shape[0]) // 2
-        grid[oy : oy + cut.shape[0], ox : ox + cut.shape[1]] = cut
-        boxes.append([ox, oy, ox + cut.shape[1], oy + cut.shape[0]])
-    return grid, np.array(boxes, np.float32)
+    root = require_pose_samples()
+    grid_bgr, boxes = paste_people(root, GRID_PEOPLE, cols=2)
+    return cv2.cvtColor(grid_bgr, cv2.COLOR_BGR2RGB), boxes
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -125,7 +125,6 @@ class CameraReader:
         self._arrivals: deque[float] = deque(maxlen=256)
         self.state = StreamState.CONNECTING
         self.reconnects = 0
-        self.frames_read = 0
         self.cpu_s = 0.0
         self._cpu_start = 0.0
         self.last_frame_mono: float | None = None
@@ -140,6 +139,10 @@ class CameraReader:
         self._stop.set()
         self._thread.join(timeout_s)
         self._set_state(StreamState.STOPPED)
+
+    @property
+    def frames_read(self) -> int:
+        return self._seq
 
     @property
     def alive(self) -> bool:
@@ -219,7 +222,6 @@ class CameraReader:
                 self._seq += 1
                 self._latest = Frame(self._seq, image, time.time_ns(), now)
                 self._arrivals.append(now)
-            self.frames_read += 1
             self.last_frame_mono = now
             self.cpu_s = time.thread_time() - self._cpu_start
             got_frame = True

@@ -118,3 +118,11 @@ def test_rejects_bad_configuration() -> None:
         DynamicBatcher(max_batch=0, max_wait_ms=1, max_queue=4, clock=clock)
     with pytest.raises(ValueError):
         DynamicBatcher(max_batch=8, max_wait_ms=1, max_queue=4, clock=clock)
+
+
+def test_drain_empties_every_key() -> None:
+    b, clock = make()
+    for i in range(5):
+        b.submit(i, deadline=clock.now + 1, key=i % 2)
+    assert sorted(p.item for p in b.drain()) == [0, 1, 2, 3, 4]
+    assert len(b) == 0 and b.next_event_at() is None

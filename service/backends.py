@@ -369,6 +369,11 @@ class BackendManager:
         logger.warning("backend %s: exporting UNTRAINED (random) weights for benchmarking", spec.name)
         export_to_store(spec.weights, self._store.model_dir)
 
+    async def acquire(self, name: str) -> LoadedBackend:
+        """`get` from the event loop: a backend not loaded yet loads in a worker thread."""
+        loaded = self._loaded.get(name)
+        return loaded if loaded is not None else await asyncio.to_thread(self.get, name)
+
     def loaded(self, name: str) -> LoadedBackend | None:
         return self._loaded.get(name)
 

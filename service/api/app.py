@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.weights import WeightsStore
@@ -62,7 +61,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         try:
             for name in settings.preload:
                 try:
-                    await run_in_threadpool(backends.get, name)
+                    await backends.acquire(name)
                 except ServeError as exc:
                     logger.warning("backend %s not preloaded: %s", name, exc.message)
             stream_manager.start()

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import Services, require_key, services
-from service.backends import LoadedBackend, Prepared
+from service.backends import Prepared
 from service.errors import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -79,13 +79,6 @@ async def _image_bytes(request: Request, max_bytes: int) -> bytes:
     )
 
 
-async def loaded_backend(svc: Services, name: str) -> LoadedBackend:
-    loaded = svc.backends.loaded(name)
-    if loaded is None:
-        loaded = await run_in_threadpool(svc.backends.get, name)
-    return loaded
-
-
 @router.post("/pose", response_model=PoseResponse)
 async def pose(
     request: Request,
@@ -101,7 +94,7 @@ async def pose(
         raise OverloadedError(f"{svc.inflight} requests in flight; retry shortly")
     svc.inflight += 1
     try:
-        be = await loaded_backend(svc, name)  # a first use loads the model: not part of the deadline
+        be = await svc.backends.acquire(name)  # a first use loads the model: not part of the deadline
         deadline = time.monotonic() + settings.request_timeout_s
         data = await _image_bytes(request, settings.max_image_bytes)
 

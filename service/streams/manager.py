@@ -175,7 +175,7 @@ class StreamManager:
         name = name or stream_id
         if any(s.name == name for s in self._streams.values()):
             raise DuplicateStreamError(f"a stream named {name!r} exists already")
-        await loop.run_in_executor(self._pool, self._backends.get, backend_name)  # WeightsMissingError
+        await self._backends.acquire(backend_name)  # WeightsMissingError
         reader = CameraReader(
             url,
             self._settings,
@@ -324,9 +324,7 @@ class StreamManager:
     async def _process(self, stream: Stream, frame: Frame, max_age_s: float) -> None:
         loop = asyncio.get_running_loop()
         try:
-            backend = self._backends.loaded(stream.backend)
-            if backend is None:
-                backend = await loop.run_in_executor(self._pool, self._backends.get, stream.backend)
+            backend = await self._backends.acquire(stream.backend)
             prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
             result = await backend.infer(
                 prepared,

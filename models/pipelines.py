@@ -82,7 +82,7 @@ class MoveNetMultiPose:
 
     def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         canvas, geometry = letterbox(image_rgb, self.input_size)
-        return canvas.astype(np.int32), geometry
+        return canvas, geometry  # uint8; the session casts the stacked batch to int32 once
 
     def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> Persons:
         decoded = movenet.decode(outputs)

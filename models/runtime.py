@@ -17,6 +17,8 @@ __all__ = ["PROVIDER_NAMES", "OrtModel", "resolve_providers"]
 
 logger = logging.getLogger(__name__)
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
+
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -78,10 +80,17 @@ class OrtModel:
         inputs = self.session.get_inputs()
         self.input_name: str = inputs[0].name
         self.input_shape: list[int | str | None] = list(inputs[0].shape)
+        self.input_dtype = _ORT_DTYPES.get(inputs[0].type)
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
         logger.info("loaded %s with providers %s", path.name, self.providers)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one batch (N, ...) and return every output in `output_names` order."""
+        """Run one batch (N, ...) and return every output in `output_names` order.
+
+        The batch is cast once to the model's input type, so rows can stay compact (uint8 pixels
+        for an int32 model) until they are stacked.
+        """
+        if self.input_dtype is not None and batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(o) for o in outputs]

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any
 
+import cv2
 import typer
 
 from models.errors import PullError
@@ -57,6 +58,9 @@ def serve(
     from service.api import create_app
 
     settings = _settings(host=host, port=port, default_backend=backend, allow_untrained=allow_untrained)
+    # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
+    # parallel loops would only compete with ONNX Runtime's threads for the same cores.
+    cv2.setNumThreads(1)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -1,17 +1,19 @@
-"""ONNX export with a dynamic batch dimension, parity check against PyTorch, and the model card.
+"""Seed networks -> the weights store: build by catalogue name, load a checkpoint, export to ONNX
+with a dynamic batch dimension, check parity against PyTorch, write the ``ModelCard``.
 
-``export_onnx`` writes atomically (temp file in the target folder, then ``os.replace``), so a
-reader never sees a half-written model. Parity is measured with onnxruntime on the CPU provider
-at batch 1 and batch 8 on seeded random inputs; the figures go into the JSON card written by
-``write_card`` beside the ``.onnx`` file.
+torch side (never imported on the serving path). ``export_onnx`` writes atomically (temp file in
+the target folder, then ``os.replace``), so a reader never sees a half-written model. Parity is
+measured with onnxruntime on the CPU provider at batch 1 and batch 8 on seeded random inputs; the
+figures go into the card beside the ``.onnx`` file. A network exported without a checkpoint keeps
+its random initial weights and its card says ``untrained``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,22 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from models.card import ModelCard, write_card
+from models.registry import MODELS, ModelEntry, Trained, resolve
 from models.weights import sha256_file
 
-__all__ = ["PARITY_BATCHES", "export_onnx", "sha256_file", "write_card"]
+__all__ = [
+    "PARITY_BATCHES",
+    "SEED_MODELS",
+    "build",
+    "calibrate_batchnorm",
+    "export_onnx",
+    "export_to_store",
+    "load_checkpoint",
+]
+
+SEED_MODELS: dict[str, ModelEntry] = {n: e for n, e in MODELS.items() if isinstance(e.source, Trained)}
+"""The catalogue's networks trained here (``poseserve export`` / ``train`` NAME)."""
 
 PARITY_BATCHES: tuple[int, ...] = (1, 8)
 _INPUT_NAME = "input"
@@ -112,22 +127,85 @@ def export_onnx(
     }
 
 
-def write_card(path: Path, card: dict[str, Any]) -> None:
-    """Write a model card as JSON, atomically.
+def _trained(name: str) -> Trained:
+    try:
+        source = SEED_MODELS[name].source
+    except KeyError:
+        raise KeyError(f"unknown seed model {name!r}; known: {', '.join(sorted(SEED_MODELS))}") from None
+    assert isinstance(source, Trained)
+    return source
 
-    Expected fields: ``name``, ``untrained`` (bool), ``checkpoint`` (path or None), ``sha256``
-    (of the ``.onnx``), ``input`` (e.g. ``{"name", "shape_nchw", "layout", "dtype"}``) and
-    ``parity`` (the dict returned by ``export_onnx``). ``path`` is usually the ``.onnx`` path with
-    a ``.json`` suffix.
+
+def build(name: str) -> nn.Module:
+    """A fresh network of catalogue entry ``name`` (its ``Trained.net`` factory)."""
+    model: nn.Module = resolve(_trained(name).net)()
+    return model
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
+    """Load a state dict (or a {"model": state_dict} training checkpoint) strictly."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    model.load_state_dict(state, strict=True)
+
+
+def calibrate_batchnorm(model: nn.Module, input_chw: tuple[int, int, int], batch: int = 2) -> None:
+    """Set BatchNorm statistics from one random batch.
+
+    Freshly initialised BatchNorm (mean 0, var 1) makes a random network's outputs nearly constant,
+    so an untrained export would serve one pose everywhere and its parity check would compare
+    constants. One batch of noise gives it realistic activations instead.
     """
-    required = {"name", "untrained", "checkpoint", "sha256", "input", "parity"}
-    missing = required - card.keys()
-    if missing:
-        raise ValueError(f"model card is missing fields: {sorted(missing)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".json.tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(card, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp_name, path)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(batch, *input_chw))  # standard normal, as the parity check's inputs
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, seed: int = 0) -> ModelCard:
+    """Export ``name`` to ``out`` (a ``.onnx`` path, or a folder for ``NAME.onnx``) with its card beside it."""
+    entry = SEED_MODELS.get(name)
+    source = _trained(name)
+    assert entry is not None
+    torch.manual_seed(seed)
+    model = build(name)
+    h, w = source.input.size_hw
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    else:
+        calibrate_batchnorm(model, (3, h, w))
+    model.eval()
+    out = Path(out)
+    if out.suffix != ".onnx":
+        out = out / f"{name}.onnx"
+    parity = export_onnx(model, (3, h, w), out, output_names=list(source.output_names))
+    codec_params = dict(source.codec_params)
+    strides = getattr(model, "strides", None)  # ER-Pose: the head levels it was built with
+    if strides is not None:
+        codec_params["strides"] = [int(s) for s in strides]
+    card = ModelCard(
+        name=name,
+        kind=entry.kind,
+        codec=entry.codec,
+        codec_params=codec_params,
+        untrained=checkpoint is None,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        file=out.name,
+        sha256=sha256_file(out),
+        bytes=out.stat().st_size,
+        input=source.input,
+        outputs=parity["outputs"],
+        parity=parity,
+        licence={"code": "this project", "weights": "random initialisation" if checkpoint is None else "user"},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    write_card(out.with_suffix(".json"), card)
+    return card

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["PROVIDER_NAMES", "OrtModel", "resolve_providers"]
+__all__ = ["PROVIDER_NAMES", "OrtModel", "Session", "resolve_providers"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,20 @@ def resolve_providers(wanted: Sequence[str], *, fp16: bool = False) -> list[str 
             chosen.append(full)
     chosen.append("CPUExecutionProvider")
     return chosen
+
+
+class Session(Protocol):
+    """What serving needs of an inference session (``OrtModel`` is one; tests pass fakes)."""
+
+    @property
+    def output_names(self) -> Sequence[str]: ...
+
+    @property
+    def providers(self) -> Sequence[str]: ...
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """One batch (N, ...) -> every output, in ``output_names`` order."""
+        ...
 
 
 class OrtModel:

@@ -1,5 +1,5 @@
-"""Image geometry shared by every backend: letterbox to a square input, affine person crops,
-horizontal flips, and their exact inverses.
+"""Image geometry shared by every backend and by training: letterbox to a square input, affine
+person crops, horizontal flips, and their exact inverses.
 
 numpy + OpenCV only (serving path). Coordinates are pixels, x right, y down; pixel centres are at
 integer coordinates (the OpenCV convention), so a point maps by
@@ -8,13 +8,15 @@ integer coordinates (the OpenCV convention), so a point maps by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from models.persons import COCO_FLIP_PAIRS
+
 __all__ = [
-    "COCO_FLIP_PAIRS",
     "CropBox",
     "Letterbox",
     "crop_box",
@@ -22,18 +24,6 @@ __all__ = [
     "letterbox",
     "warp_crops",
 ]
-
-COCO_FLIP_PAIRS: tuple[tuple[int, int], ...] = (
-    (1, 2),
-    (3, 4),
-    (5, 6),
-    (7, 8),
-    (9, 10),
-    (11, 12),
-    (13, 14),
-    (15, 16),
-)
-"""Left/right COCO-17 joint pairs (eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)."""
 
 
 @dataclass(frozen=True)
@@ -118,14 +108,24 @@ class CropBox:
     size_wh: tuple[float, float]
     out_wh: tuple[int, int]
 
-    def matrix(self) -> np.ndarray:
-        """(2, 3) affine image -> crop, mapping pixel centres like `cv2.resize` does."""
+    def matrix(self, rotation_deg: float = 0.0) -> np.ndarray:
+        """(2, 3) affine image -> crop, mapping pixel centres like `cv2.resize` does.
+
+        `rotation_deg` (training augmentation) turns the crop counter-clockwise about its centre;
+        serving crops are axis-aligned (0).
+        """
         (cx, cy), (w, h), (ow, oh) = self.center_xy, self.size_wh, self.out_wh
         sx, sy = ow / w, oh / h
-        return np.array(
+        m = np.array(
             [[sx, 0.0, (w / 2 - cx) * sx - 0.5 + sx / 2], [0.0, sy, (h / 2 - cy) * sy - 0.5 + sy / 2]],
             dtype=np.float64,
         )
+        if rotation_deg == 0.0:
+            return m
+        t = math.radians(rotation_deg)
+        rot = np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
+        centre = np.array([ow / 2 - 0.5, oh / 2 - 0.5])  # where the region's centre lands
+        return np.concatenate([rot @ m[:, :2], (rot @ (m[:, 2] - centre) + centre)[:, None]], axis=1)
 
     def to_image(self, points_xy: np.ndarray) -> np.ndarray:
         """Map (..., 2) crop-pixel points back to image pixels (exact inverse of `to_crop`)."""

@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.factory import crop_pose, single_stage_pipeline
-from models.factory import detector as make_detector
-from models.registry import get_spec
+from models import registry
+from models.pipelines import build
+from models.pipelines.base import PipelineOptions
+from models.pipelines.topdown import make_crops
 from models.runtime import OrtModel
-from models.topdown import make_crops
 from models.weights import WeightsStore
 from service.config import BackendSettings
 from service.imaging import decode_image
@@ -80,30 +80,32 @@ def bench_model(
     Single-stage: one "pose" stage over whole images. Top-down: the "detect" stage over whole
     images, then the "pose" stage over a real person crop of that image (crops per second).
     """
-    spec = get_spec(name)
+    entry = registry.backend(name)
     rgb = decode_image(image, max_pixels=100_000_000)
 
     def session(weights: str) -> OrtModel:
         return OrtModel(
-            store.onnx_path(weights),
+            store.require(weights).path,
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             fp16=settings.fp16,
         )
 
     stages: list[tuple[str, OrtModel, np.ndarray]] = []
-    if spec.kind == "top-down":
-        det = make_detector(detector, max_persons=64)
-        det_model = session(detector)
+    if entry.kind == "top-down":
+        det_entry = registry.DETECTORS[detector]
+        det = build.detector(det_entry, store.card(det_entry.name), PipelineOptions(max_persons=64))
+        det_model = session(det_entry.name)
         det_row, geometry = det.preprocess(rgb)
         boxes, _ = det.postprocess([o[0] for o in det_model.run(det_row[None])], geometry)
         h, w = rgb.shape[:2]
         box = boxes[:1] if len(boxes) else np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], np.float32)
-        crop_rows, _ = make_crops(rgb, box, crop_pose(spec, store.card(spec.weights)))
-        stages = [("detect", det_model, det_row), ("pose", session(spec.weights), crop_rows[0])]
+        crop_rows, _ = make_crops(rgb, box, build.crop_pose(entry, store.card(entry.name)))
+        stages = [("detect", det_model, det_row), ("pose", session(entry.name), crop_rows[0])]
     else:
-        row, _ = single_stage_pipeline(spec, settings.input_size, store.card(spec.weights)).preprocess(rgb)
-        stages = [("pose", session(spec.weights), row)]
+        options = PipelineOptions(input_size=settings.input_size)
+        row, _ = build.single_stage(entry, store.card(entry.name), options).preprocess(rgb)
+        stages = [("pose", session(entry.name), row)]
     return [
         {"backend": name, "stage": stage, "input_shape": list(row.shape), **timing}
         for stage, model, row in stages

@@ -102,8 +102,8 @@ def models_pull(
     except PullError as exc:
         typer.echo(f"pull {name} failed: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{name}: {store.onnx_path(name)} sha256={card.get('sha256', '')[:12]}")
-    for key, value in (card.get("parity") or {}).items():
+    typer.echo(f"{name}: {store.onnx_path(name)} sha256={card.sha256[:12]}")
+    for key, value in card.parity.items():
         typer.echo(f"  parity {key}: {value}")
 
 
@@ -118,15 +118,15 @@ def export_cmd(
     ] = None,
 ) -> None:
     """Export a seed-paper network to ONNX (dynamic batch) with its card, checked against PyTorch."""
-    from models.zoo import SEED_MODELS, export_to_store
+    from models.export import SEED_MODELS, export_to_store
 
     if name not in SEED_MODELS:
         typer.echo(f"unknown seed model {name!r}; known: {', '.join(sorted(SEED_MODELS))}", err=True)
         raise typer.Exit(2)
     card = export_to_store(name, out or _settings().model_dir / f"{name}.onnx", checkpoint=checkpoint)
-    diffs = card["parity"]["max_abs_diff"]
-    state = "UNTRAINED (random weights)" if card["untrained"] else f"checkpoint {checkpoint}"
-    typer.echo(f"{name}: {card['file']} {state}; ONNX vs PyTorch max abs diff {diffs}")
+    diffs = card.parity["max_abs_diff"]
+    state = "UNTRAINED (random weights)" if card.untrained else f"checkpoint {checkpoint}"
+    typer.echo(f"{name}: {card.file} {state}; ONNX vs PyTorch max abs diff {diffs}")
 
 
 @models_app.command("info")
@@ -134,7 +134,8 @@ def models_info(
     name: Annotated[str, typer.Argument(help="seed model name, or 'all'")] = "all",
 ) -> None:
     """Params and GFLOPs (multiply-accumulates, as the papers count) beside the papers' figures."""
-    from models.zoo import SEED_MODELS, profile_rows
+    from models.export import SEED_MODELS
+    from models.profile import profile_rows
 
     names = sorted(SEED_MODELS) if name == "all" else [name]
     unknown = [n for n in names if n not in SEED_MODELS]
@@ -147,10 +148,19 @@ def models_info(
 
 @models_app.command("list")
 def models_list() -> None:
-    """List every pullable model and whether it is present."""
+    """List every catalogued model: its kind, whether it is pulled or trained here, whether it is present."""
     store = WeightsStore(_settings().model_dir)
-    rows = [{"name": r["name"], "present": r["present"], "path": str(store.onnx_path(r["name"]))} for r in store.list()]
-    typer.echo(format_table(rows, ["name", "present", "path"]))
+    rows = [
+        {
+            "name": r["name"],
+            "kind": r["kind"],
+            "source": "pull" if r["pretrained"] else "train/export",
+            "present": r["present"],
+            "path": str(store.onnx_path(r["name"])),
+        }
+        for r in store.list()
+    ]
+    typer.echo(format_table(rows, ["name", "kind", "source", "present", "path"]))
 
 
 @bench_app.command("model")

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.registry import DETECTORS
 from models.weights import DEFAULT_MODEL_DIR
 
 __all__ = ["BackendSettings", "Provider", "Settings", "StreamSettings", "TopDownSettings"]
@@ -72,11 +73,20 @@ class TopDownSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    detector: Literal["nanodet", "movenet-multipose"] = "nanodet"
+    detector: str = Field(
+        "nanodet", description="a catalogue model that finds person boxes (models.registry.DETECTORS)"
+    )
     padding: float = Field(1.25, ge=1.0, le=2.0, description="crop side / person box side")
     flip_test: bool = Field(False, description="also run each crop mirrored and average (2x pose cost)")
     max_persons: int = Field(64, ge=1, le=256, description="detector boxes kept per frame")
     pose_max_queue: int = Field(512, ge=1, description="crops waiting for the pose stage")
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        if value not in DETECTORS:
+            raise ValueError(f"unknown person detector {value!r}; known: {', '.join(sorted(DETECTORS))}")
+        return value
 
 
 class Settings(BaseSettings):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from models.errors import PoseserveError as ServeError
+from models.errors import WeightsMissingError
+
 __all__ = [
     "BackendUnavailableError",
     "DeadlineExceededError",
@@ -20,16 +23,6 @@ __all__ = [
 ]
 
 
-class ServeError(Exception):
-    """Base of every expected failure; `code` is the stable machine-readable error code."""
-
-    code = "internal"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 class InvalidImageError(ServeError):
     code = "invalid_image"
 
@@ -44,10 +37,6 @@ class UnsupportedMediaTypeError(ServeError):
 
 class UnknownBackendError(ServeError):
     code = "unknown_backend"
-
-
-class WeightsMissingError(ServeError):
-    code = "weights_missing"
 
 
 class BackendUnavailableError(ServeError):

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from models.pipelines import Persons
+from models.persons import Persons
 
 __all__ = [
     "BackendInfo",

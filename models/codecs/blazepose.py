@@ -15,13 +15,19 @@ sigmoid in the graph) that the crop holds a person at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from models.codecs.base import Decoded
 
 __all__ = [
     "COCO_FROM_BLAZEPOSE",
     "LANDMARK_CHANNELS",
     "NUM_BODY_LANDMARKS",
     "NUM_LANDMARKS",
+    "OUTPUT_NAMES",
+    "BlazePoseCodec",
     "decode_coco17",
     "landmarks",
 ]
@@ -29,6 +35,13 @@ __all__ = [
 NUM_LANDMARKS = 39
 NUM_BODY_LANDMARKS = 33
 LANDMARK_CHANNELS = 5  # x, y, z, visibility logit, presence logit
+OUTPUT_NAMES: tuple[str, ...] = (
+    "output_poseflag",
+    "activation_heatmap",
+    "world_3d",
+    "ld_3d",
+    "activation_segmentation",
+)
 COCO_FROM_BLAZEPOSE: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
 """BlazePose landmark index for each COCO-17 joint, in COCO order (nose, l/r eye, l/r ear,
 l/r shoulder, l/r elbow, l/r wrist, l/r hip, l/r knee, l/r ankle). BlazePose's eyes are the eye
@@ -61,3 +74,14 @@ def decode_coco17(ld_3d: np.ndarray, pose_flag: float | np.ndarray | None = None
     if pose_flag is not None:
         scores = scores * np.float32(np.asarray(pose_flag, dtype=np.float32).reshape(-1)[0])
     return np.stack([marks[:, 0], marks[:, 1], scores], axis=-1).astype(np.float32)
+
+
+class BlazePoseCodec:
+    """One crop's five outputs (``OUTPUT_NAMES`` order) -> one COCO-17 person, score = visibility
+    x pose flag."""
+
+    output_names = OUTPUT_NAMES
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        flag = outputs[OUTPUT_NAMES.index("output_poseflag")]
+        return Decoded.single(decode_coco17(outputs[OUTPUT_NAMES.index("ld_3d")], flag))

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["anchor_grid", "decode", "decode_offsets", "encode_offsets", "sigmoid"]
+from models.codecs.base import Decoded
+
+__all__ = ["ERPoseCodec", "anchor_grid", "decode", "decode_offsets", "encode_offsets", "sigmoid"]
 
 FloatArray = NDArray[np.float32]
 
@@ -113,3 +115,20 @@ def decode(
     hi = np.where(visible[..., None], xy, -np.inf).max(axis=1)
     boxes = np.clip(np.concatenate((lo, hi), axis=1), 0.0, float(input_size)).astype(np.float32)
     return keypoints.astype(np.float32), boxes, scores[keep]
+
+
+class ERPoseCodec:
+    """``decode`` with the contract's signature: the one-to-one head ``(A, 1 + 3K)`` -> persons."""
+
+    output_names: tuple[str, ...] = ("one_to_one",)
+
+    def __init__(self, input_size: int, strides: Sequence[int], conf_threshold: float = 0.25) -> None:
+        if input_size % max(strides):
+            raise ValueError(f"ER-Pose input size must be a multiple of {max(strides)}, got {input_size}")
+        self.input_size, self.strides, self.conf_threshold = input_size, tuple(strides), conf_threshold
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        keypoints, boxes, scores = decode(
+            outputs[0], input_size=self.input_size, strides=self.strides, conf_threshold=self.conf_threshold
+        )
+        return Decoded(keypoints, boxes, scores)

@@ -13,8 +13,12 @@ Heatmap pixel ``(i, j)`` corresponds to input pixel ``(i * stride_x, j * stride_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
+
+from models.codecs.base import Decoded
 
 __all__ = ["HeatmapCodec"]
 
@@ -90,8 +94,15 @@ class HeatmapCodec:
         heatmaps = gy[:, :, None] * gx[:, None, :] * weights[:, None, None]
         return heatmaps.astype(np.float32), weights
 
-    def decode(self, heatmaps: np.ndarray) -> tuple[FloatArray, FloatArray]:
-        """Keypoints from network heatmaps.
+    output_names: tuple[str, ...] = ("heatmaps",)
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        """One crop's ``heatmaps (K, h, w)`` -> one person."""
+        xy, scores = self.decode_batch(outputs[0][None])
+        return Decoded.single(np.concatenate([xy[0], scores[0, :, None]], axis=1))
+
+    def decode_batch(self, heatmaps: np.ndarray) -> tuple[FloatArray, FloatArray]:
+        """Keypoints from the heatmaps of N crops.
 
         Args:
             heatmaps: ``(N, K, h, w)``.

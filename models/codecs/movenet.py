@@ -32,17 +32,19 @@ Its heads are ``centre_weighted (h, w, 1)``, ``kpt_heatmap (17, h, w)`` (probabi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from models.codecs.base import Decoded
+from models.persons import NUM_KEYPOINTS
 
 __all__ = [
     "HEAD_NAMES",
     "MAX_PERSONS",
-    "NUM_KEYPOINTS",
     "SINGLEPOSE_HEAD_NAMES",
     "STRIDE",
-    "MultiPosePersons",
+    "MultiPoseCodec",
+    "SinglePoseCodec",
     "decode",
     "decode_candidates",
     "decode_singlepose",
@@ -57,7 +59,6 @@ HEAD_NAMES: tuple[str, ...] = (
     "box_offset",
 )
 SINGLEPOSE_HEAD_NAMES: tuple[str, ...] = ("centre_weighted", "kpt_heatmap", "kpt_offsets", "kpt_regress")
-NUM_KEYPOINTS = 17
 MAX_PERSONS = 6
 STRIDE = 4
 # Constants as the graph stores them (several are float16-rounded in the TF.js weights).
@@ -66,27 +67,6 @@ _PEAK_EPS = np.float32(1.0132789611816406e-06)
 _SIGMA_SCALE = np.float32(0.300048828125)
 _KPT_SCORE_THRESHOLD = np.float32(0.126953125)
 _SINGLEPOSE_DIST_BIAS = np.float32(1.7998046875)
-
-
-@dataclass(frozen=True)
-class MultiPosePersons:
-    """Persons in one image, in input-tensor pixels.
-
-    keypoints: (P, 17, 3) float32 — x, y (pixels), score in [0, 1]; COCO-17 order.
-    boxes_xyxy: (P, 4) float32 — x1, y1, x2, y2 (pixels).
-    scores: (P,) float32 — person score in [0, 1].
-    """
-
-    keypoints: np.ndarray
-    boxes_xyxy: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def take(self, index: np.ndarray) -> MultiPosePersons:
-        """The persons at ``index`` (integer or boolean array over P)."""
-        return MultiPosePersons(self.keypoints[index], self.boxes_xyxy[index], self.scores[index])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -120,7 +100,7 @@ def _check_heads(heads: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def decode_candidates(heads: Sequence[np.ndarray]) -> MultiPosePersons:
+def decode_candidates(heads: Sequence[np.ndarray]) -> Decoded:
     """All 6 candidates in the graph's order (its ``output_0`` rows), including zero scores.
 
     ``heads``: one image's head arrays in ``HEAD_NAMES`` order, shapes as in the module doc.
@@ -198,10 +178,10 @@ def decode_candidates(heads: Sequence[np.ndarray]) -> MultiPosePersons:
 
     keypoints = np.stack([kpt_x, kpt_y, kpt_scores], axis=-1).astype(np.float32)
     boxes = np.stack([xmin, ymin, xmax, ymax], axis=-1) * np.float32(STRIDE)
-    return MultiPosePersons(keypoints, boxes.astype(np.float32), scores.astype(np.float32))
+    return Decoded(keypoints, boxes.astype(np.float32), scores.astype(np.float32))
 
 
-def decode(heads: Sequence[np.ndarray], *, min_score: float = 0.0) -> MultiPosePersons:
+def decode(heads: Sequence[np.ndarray], *, min_score: float = 0.0) -> Decoded:
     """Persons in one image, best first: the candidates whose score is above ``min_score``.
 
     ``heads`` as in ``decode_candidates``. At most 6 persons; with the default ``min_score = 0``
@@ -245,3 +225,27 @@ def decode_singlepose(heads: Sequence[np.ndarray], *, stride: int = STRIDE) -> n
     x = (kx.astype(np.float32) + offsets[:, 1]) * np.float32(stride)
     y = (ky.astype(np.float32) + offsets[:, 0]) * np.float32(stride)
     return np.stack([x, y, heat_hwk[ky, kx, kpt_idx]], axis=-1).astype(np.float32)
+
+
+class MultiPoseCodec:
+    """``decode`` with the contract's signature: up to 6 persons scoring above ``min_score``."""
+
+    output_names = HEAD_NAMES
+
+    def __init__(self, min_score: float = 0.0) -> None:
+        self.min_score = min_score
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        return decode(outputs, min_score=self.min_score)
+
+
+class SinglePoseCodec:
+    """``decode_singlepose`` with the contract's signature: one person per crop."""
+
+    output_names = SINGLEPOSE_HEAD_NAMES
+
+    def __init__(self, stride: int = STRIDE) -> None:
+        self.stride = stride
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        return Decoded.single(decode_singlepose(outputs, stride=self.stride))

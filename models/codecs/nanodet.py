@@ -29,7 +29,18 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["CENTRE_OFFSET", "NUM_CLASSES", "PERSON_CLASS", "REG_MAX", "STRIDES", "decode_persons"]
+from models.codecs.base import Decoded
+
+__all__ = [
+    "CENTRE_OFFSET",
+    "NUM_CLASSES",
+    "OUTPUT_NAMES",
+    "PERSON_CLASS",
+    "REG_MAX",
+    "STRIDES",
+    "NanoDetCodec",
+    "decode_persons",
+]
 
 STRIDES: tuple[int, ...] = (8, 16, 32)
 NUM_CLASSES = 80
@@ -37,6 +48,7 @@ REG_MAX = 10
 PERSON_CLASS = 0
 CENTRE_OFFSET = 0.5
 """Cell centre = (index + CENTRE_OFFSET) * stride (original NanoDet GFLHead; measured, see above)."""
+OUTPUT_NAMES: tuple[str, ...] = tuple(f"{kind}_stride{s}" for kind in ("cls", "reg") for s in STRIDES)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -111,3 +123,22 @@ def decode_persons(
     ).reshape(-1)
     kept = kept[np.argsort(-scores[kept], kind="stable")]
     return boxes[kept].astype(np.float32), scores[kept].astype(np.float32)
+
+
+class NanoDetCodec:
+    """``decode_persons`` with the contract's signature: person boxes (no keypoints), best first,
+    at most ``max_persons``."""
+
+    output_names = OUTPUT_NAMES
+
+    def __init__(
+        self, input_wh: tuple[int, int], *, score_threshold: float, iou_threshold: float, max_persons: int
+    ) -> None:
+        self.input_wh = input_wh
+        self.score_threshold, self.iou_threshold, self.max_persons = score_threshold, iou_threshold, max_persons
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        boxes, scores = decode_persons(
+            outputs, input_wh=self.input_wh, score_threshold=self.score_threshold, iou_threshold=self.iou_threshold
+        )
+        return Decoded.boxes(boxes[: self.max_persons], scores[: self.max_persons])

@@ -14,8 +14,12 @@ bin ``x * k`` of ``W * k`` x-bins (bin ``i`` is centred on pixel ``i / k``), lik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
+
+from models.codecs.base import Decoded
 
 __all__ = ["DEFAULT_TEMPERATURE", "SimCCCodec"]
 
@@ -108,8 +112,15 @@ class SimCCCodec:
             out.append(np.divide(g, total, out=np.zeros_like(g), where=total > 0).astype(np.float32))
         return out[0], out[1], weights
 
-    def decode(self, x_logits: np.ndarray, y_logits: np.ndarray) -> tuple[FloatArray, FloatArray]:
-        """Keypoints from raw network logits.
+    output_names: tuple[str, ...] = ("x_logits", "y_logits")
+
+    def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
+        """One crop's ``x_logits (K, W*k)`` and ``y_logits (K, H*k)`` -> one person."""
+        xy, scores = self.decode_batch(outputs[0][None], outputs[1][None])
+        return Decoded.single(np.concatenate([xy[0], scores[0, :, None]], axis=1))
+
+    def decode_batch(self, x_logits: np.ndarray, y_logits: np.ndarray) -> tuple[FloatArray, FloatArray]:
+        """Keypoints from raw network logits of N crops.
 
         Args:
             x_logits: ``(N, K, W*k)``.

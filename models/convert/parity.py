@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from models.card import InputSpec
 from models.codecs import movenet
-from models.weights import InputSpec
 
 __all__ = [
     "batch_vs_singles",

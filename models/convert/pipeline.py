@@ -28,9 +28,9 @@ import onnx
 import onnxruntime as ort
 
 from models.convert import graph, parity
+from models.convert.spec import PullSpec
 from models.convert.tfjs import DEFAULT_OPSET, converter_versions, tfjs_to_onnx
 from models.errors import PullError
-from models.weights import PullSpec
 
 __all__ = ["BATCH_TOLERANCE", "CODEC_TOLERANCES", "RAW_TOLERANCE", "BuildResult", "build"]
 
@@ -53,13 +53,13 @@ class BuildResult:
     converter: dict[str, Any]
 
 
-def build(spec: PullSpec, model_json: Path, image_paths: Sequence[Path]) -> BuildResult:
+def build(name: str, spec: PullSpec, model_json: Path, image_paths: Sequence[Path]) -> BuildResult:
     """Convert ``model_json`` (shards beside it), make it servable, check it; raises PullError."""
     try:
         full = tfjs_to_onnx(model_json, opset=DEFAULT_OPSET)
     except Exception as exc:  # tf2onnx raises anything from ValueError to its own asserts
         raise PullError(f"tf2onnx could not convert {spec.model_file}: {exc!r}") from exc
-    served, reference_names = _servable(spec, full)
+    served, reference_names = _servable(name, spec, full)
     try:
         images = parity.load_images_rgb(image_paths) or parity.synthetic_images(N_SYNTHETIC_IMAGES)
     except ValueError as exc:
@@ -68,12 +68,12 @@ def build(spec: PullSpec, model_json: Path, image_paths: Sequence[Path]) -> Buil
     try:
         reference = parity.session(full.SerializeToString())
         served_sess = parity.session(served_bytes)
-        figures = _parity(spec, reference, served_sess, images, reference_names)
+        figures = _parity(name, spec, reference, served_sess, images, reference_names)
         outputs = _output_shapes(served_sess, spec)
     except PullError:
         raise
     except Exception as exc:  # onnxruntime load/run failures, shape errors
-        raise PullError(f"parity run of {spec.name} failed: {exc!r}") from exc
+        raise PullError(f"parity run of {name} failed: {exc!r}") from exc
     figures["images"] = [{"file": p.name, "sha256": _sha256(p)} for p in image_paths]
     figures["synthetic_images"] = 0 if image_paths else N_SYNTHETIC_IMAGES
     return BuildResult(
@@ -84,7 +84,7 @@ def build(spec: PullSpec, model_json: Path, image_paths: Sequence[Path]) -> Buil
     )
 
 
-def _servable(spec: PullSpec, full: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def _servable(name: str, spec: PullSpec, full: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Cut at the raw heads (dynamic N, H, W) or free the batch dim of the whole graph.
 
     Returns the served model and, per served output, the full graph's name of that tensor.
@@ -99,17 +99,18 @@ def _servable(spec: PullSpec, full: onnx.ModelProto) -> tuple[onnx.ModelProto, l
         rename = {t: head.name for t, head in zip(tensors, spec.heads, strict=True)}
         return graph.cut_at_outputs(full, tensors, input_dims=dims, rename=rename), tensors
     except (KeyError, ValueError, onnx.checker.ValidationError) as exc:
-        raise PullError(f"cannot make {spec.name} servable with a dynamic batch: {exc}") from exc
+        raise PullError(f"cannot make {name} servable with a dynamic batch: {exc}") from exc
 
 
 def _parity(
+    name: str,
     spec: PullSpec,
     reference: ort.InferenceSession,
     served: ort.InferenceSession,
     images: list[np.ndarray],
     reference_names: list[str],
 ) -> dict[str, Any]:
-    sizes = spec.parity_sizes_hw or (spec.input.default_size_hw,)
+    sizes = spec.parity_sizes_hw or (spec.input.size_hw,)
     if spec.parity == "movenet-multipose":
         vs_ref = parity.movenet_multipose_vs_reference(reference, served, images, sizes, spec.input)
         tolerances: dict[str, float] = dict(CODEC_TOLERANCES)
@@ -122,11 +123,11 @@ def _parity(
         vs_ref = parity.raw_outputs_vs_reference(reference, served, images, sizes, spec.input, reference_names)
         tolerances = dict.fromkeys(vs_ref, RAW_TOLERANCE)
         what = "served graph vs the full converted graph, raw outputs at batch 1"
-    batch = parity.batch_vs_singles(served, images, spec.input.default_size_hw, spec.input, batch=PARITY_BATCH)
+    batch = parity.batch_vs_singles(served, images, spec.input.size_hw, spec.input, batch=PARITY_BATCH)
     exceeded = [f"{k}={vs_ref[k]:.3g} > {tol:g}" for k, tol in tolerances.items() if vs_ref[k] > tol]
     exceeded += [f"batch {k}={v:.3g} > {BATCH_TOLERANCE:g}" for k, v in batch.items() if v > BATCH_TOLERANCE]
     if exceeded:
-        raise PullError(f"{spec.name} failed its parity checks: {'; '.join(exceeded)}")
+        raise PullError(f"{name} failed its parity checks: {'; '.join(exceeded)}")
     return {
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         "served_vs_reference": {
@@ -137,7 +138,7 @@ def _parity(
         "served_vs_reference_tolerance": tolerances,
         "batch_vs_singles": {
             "batch": PARITY_BATCH,
-            "size_hw": list(spec.input.default_size_hw),
+            "size_hw": list(spec.input.size_hw),
             "max_abs_diff": batch,
             "tolerance": BATCH_TOLERANCE,
         },
@@ -146,7 +147,7 @@ def _parity(
 
 def _output_shapes(served: ort.InferenceSession, spec: PullSpec) -> list[dict[str, Any]]:
     """Output names in graph (= codec) order, with their shapes for one default-size image."""
-    h, w = spec.input.default_size_hw
+    h, w = spec.input.size_hw
     shape = (1, h, w, 3) if spec.input.layout == "NHWC" else (1, 3, h, w)
     outs = served.run(None, {served.get_inputs()[0].name: np.zeros(shape, spec.input.dtype)})
     return [

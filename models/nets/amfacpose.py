@@ -43,7 +43,6 @@ resolution, so the baseline carries 0.2 M more (the head) to land on the full mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -53,9 +52,7 @@ from torch import nn
 __all__ = [
     "AFPN",
     "DGCB",
-    "INPUT_HW",
     "SCRM",
-    "VARIANTS",
     "AMFACPose",
     "AMFACPoseConfig",
     "CoordConv2d",
@@ -337,10 +334,3 @@ def amfacpose_ablation_configs(input_hw: tuple[int, int] = (384, 288)) -> dict[s
     rows["+SE"] = replace(rows["+SCRM"], se=True)
     rows["+CoordConv"] = replace(rows["+SE"], coordconv=True)
     return rows
-
-
-VARIANTS: dict[str, Callable[[], nn.Module]] = {
-    "amfacpose-r18": amfacpose_r18,
-    "amfacpose-r34": amfacpose_r34,
-}
-INPUT_HW: dict[str, tuple[int, int]] = {"amfacpose-r18": (256, 256), "amfacpose-r34": (384, 288)}

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +55,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "INPUT_SIZE",
-    "VARIANTS",
     "C2f",
     "Conv",
     "ERPose",
@@ -345,11 +343,3 @@ def erpose_m(input_size: int = INPUT_SIZE) -> ERPose:
 def erpose_l(input_size: int = INPUT_SIZE) -> ERPose:
     """ER-Pose-l: depth 1.0, width 1.0, max channels 512, heads on {P3, P4, P5}."""
     return _build(1.0, 1.0, 512, (3, 4, 5), input_size)
-
-
-VARIANTS: dict[str, Callable[[], nn.Module]] = {
-    "erpose-n": erpose_n,
-    "erpose-s": erpose_s,
-    "erpose-m": erpose_m,
-    "erpose-l": erpose_l,
-}

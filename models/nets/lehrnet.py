@@ -50,7 +50,6 @@ EMA adds 15 k parameters and 0.10 G (its grouped 3x3 conv and group sums) [+0.1 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -60,8 +59,6 @@ from torch import nn
 
 __all__ = [
     "EMA",
-    "INPUT_HW",
-    "VARIANTS",
     "BasicBlock",
     "Bottleneck",
     "LConv",
@@ -344,7 +341,3 @@ def lehrnet_w32_lean(input_hw: tuple[int, int] = (256, 192)) -> LEHRNet:
 def lehrnet_w32(input_hw: tuple[int, int] = (256, 192)) -> LEHRNet:
     """LE-HRNet-W32: LeEMA-Fusionblocks in every branch (the paper's model)."""
     return LEHRNet(LEHRNetConfig(block="lean_ema", input_hw=input_hw))
-
-
-VARIANTS: dict[str, Callable[[], nn.Module]] = {"lehrnet-w32": lehrnet_w32}
-INPUT_HW: dict[str, tuple[int, int]] = {"lehrnet-w32": (256, 192)}

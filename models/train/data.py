@@ -1,8 +1,9 @@
 """Top-down training crops from a COCO person-keypoint file (numpy + OpenCV, no torch).
 
-Each sample is one annotated person: the box is widened to the network's aspect ratio, padded by
-``padding`` (1.25), optionally scaled / rotated / flipped, and warped with ``cv2.warpAffine`` to
-the input size; keypoints go through the same affine. Images are normalised RGB ``(3, H, W)``
+Each sample is one annotated person, cut exactly as serving cuts a detector box: ``crop_box``
+widens the box to the network's aspect ratio and pads it by ``padding`` (1.25), ``CropBox.matrix``
+maps it onto the input (optionally scaled / rotated, then flipped) and ``cv2.warpAffine`` warps it;
+keypoints go through the same affine. Images are normalised RGB ``(3, H, W)``
 float32 (ImageNet mean / std). Codec-specific targets are left to the caller, so heatmap, SimCC
 and regression trainers share this dataset; a ``torch.utils.data.DataLoader`` can wrap it as is.
 """
@@ -10,7 +11,6 @@ and regression trainers share this dataset; a ``torch.utils.data.DataLoader`` ca
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from models.seeds import normalize_imagenet as normalize_image
-from models.transforms import COCO_FLIP_PAIRS
+from models.pipelines.base import normalize_imagenet
+from models.transforms import crop_box, flip_keypoints
 
 __all__ = [
     "CocoCropDataset",
@@ -29,8 +29,6 @@ __all__ = [
     "stack_samples",
     "warp_points",
 ]
-
-# COCO-17 left/right keypoint pairs (eyes, ears, shoulders, elbows, wrists, hips, knees, ankles).
 
 
 @dataclass(frozen=True)
@@ -67,26 +65,15 @@ def box_affine(
     padding: float = 1.25,
     scale: float = 1.0,
     rotation_deg: float = 0.0,
-) -> NDArray[np.float32]:
-    """``(2, 3)`` affine mapping image pixels to an ``input_hw`` crop of the padded box.
+) -> NDArray[np.float64]:
+    """``(2, 3)`` float64 affine mapping image pixels to an ``input_hw`` crop of the padded box.
 
-    The box is widened to the crop's aspect ratio, multiplied by ``padding * scale`` and rotated
-    by ``rotation_deg`` (counter-clockwise) about its centre.
+    The serving crop (``crop_box`` of the box's corners, ``CropBox.matrix``), grown by ``scale``
+    and rotated by ``rotation_deg`` (counter-clockwise) about its centre.
     """
     x, y, w, h = (float(v) for v in bbox_xywh)
-    out_h, out_w = input_hw
-    aspect = out_w / out_h
-    cx, cy = x + 0.5 * w, y + 0.5 * h
-    if w > aspect * h:
-        h = w / aspect
-    else:
-        w = h * aspect
-    zoom = out_w / max(w * padding * scale, 1e-6)
-    t = math.radians(rotation_deg)
-    cos, sin = math.cos(t) * zoom, math.sin(t) * zoom
-    # crop = R(t) * zoom * (p - c) + crop_centre, with crop pixel centres at integer coordinates
-    ox, oy = 0.5 * (out_w - 1), 0.5 * (out_h - 1)
-    return np.array([[cos, sin, ox - cos * cx - sin * cy], [-sin, cos, oy + sin * cx - cos * cy]], dtype=np.float32)
+    region = crop_box(np.array([x, y, x + w, y + h]), (input_hw[1], input_hw[0]), padding=padding * scale)
+    return region.matrix(rotation_deg)
 
 
 def warp_points(xy: NDArray[np.floating], affine: NDArray[np.floating]) -> NDArray[np.float32]:
@@ -157,21 +144,18 @@ class CocoCropDataset:
         xy = warp_points(kps[:, :2], affine)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] <= out_w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= out_h - 1)
         visible = ((kps[:, 2] > 0) & inside).astype(np.float32)
-        if flip:
+        if flip:  # the mirror image, with left and right joints swapped (as the flip test does)
             crop = crop[:, ::-1]
-            xy[:, 0] = out_w - 1 - xy[:, 0]
+            flipped = flip_keypoints(np.concatenate([xy, visible[:, None]], axis=1), out_w)
+            xy, visible = flipped[:, :2], flipped[:, 2]
             flip_affine = np.array([[-1, 0, out_w - 1], [0, 1, 0]], dtype=np.float64)
-            affine = (flip_affine @ np.vstack([affine, [0, 0, 1]])).astype(np.float32)
-            order = np.arange(len(xy))
-            for left, right in COCO_FLIP_PAIRS:
-                order[left], order[right] = right, left
-            xy, visible = xy[order], visible[order]
+            affine = flip_affine @ np.vstack([affine, [0, 0, 1]])
         rgb = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB)
         return CropSample(
-            image=normalize_image(np.asarray(rgb, dtype=np.uint8)),
+            image=normalize_imagenet(np.asarray(rgb, dtype=np.uint8)),
             keypoints=xy.astype(np.float32),
             visible=visible,
-            affine=affine,
+            affine=affine.astype(np.float32),
             annotation_id=int(ann["id"]),
         )
 

@@ -1,7 +1,7 @@
 """Whole-image, letterboxed training samples for ER-Pose from a COCO keypoint file.
 
 Each sample is the full image resized (aspect kept) into an ``S x S`` canvas, centred, padded
-with grey 114 (YOLO letterbox: ``models.transforms.letterbox``, as the serving pipeline uses it),
+with grey 114 (``models.pipelines.erpose.erpose_input``: the serving pipeline's own preprocessing),
 with every person's keypoints and box mapped into canvas pixels. Persons that are crowd regions
 or have no labelled keypoint are dropped (they cannot be scored by OKS). No Mosaic or other
 augmentation here (the paper trains with Mosaic, colour jitter and random affine;
@@ -19,12 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.transforms import letterbox
+from models.pipelines.erpose import PAD_VALUE, erpose_input
 
 __all__ = ["PAD_VALUE", "ERPoseDataset", "collate"]
-
-PAD_VALUE = 114
-"""Grey padding of the YOLO letterbox (the serving pipeline pads the same way)."""
 
 
 class ERPoseDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
@@ -63,13 +60,13 @@ class ERPoseDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         if bgr is None:
             raise FileNotFoundError(f"cannot read image {path}")
         rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
-        canvas, lb = letterbox(rgb, self.input_size, center=True, pad_value=PAD_VALUE)
+        tensor, lb = erpose_input(rgb, self.input_size)
         anns = self.persons[info["id"]]
         kpts = np.array([a["keypoints"] for a in anns], dtype=np.float32).reshape(-1, self.num_keypoints, 3)
         kpts[..., :2] = np.where(kpts[..., 2:] > 0, lb.to_input(kpts[..., :2]), 0.0)
         x, y, w, h = np.array([a["bbox"] for a in anns], dtype=np.float32).T
         boxes = lb.to_input(np.stack((x, y, x + w, y + h), axis=1).reshape(-1, 2, 2)).reshape(-1, 4)
-        image = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0)
+        image = torch.from_numpy(tensor)
         return image, torch.from_numpy(kpts), torch.from_numpy(boxes)
 
 

@@ -118,7 +118,7 @@ async def pose(
     return {
         "request_id": uuid.uuid4().hex,
         "backend": name,
-        "untrained": bool(be.card.get("untrained", False)),
+        "untrained": be.untrained,
         "image": {"width": width, "height": height},
         "persons": persons_json(result.value.above(threshold)),
         "timing_ms": {

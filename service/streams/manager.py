@@ -355,7 +355,7 @@ class StreamManager:
             {
                 "stream_id": stream.id,
                 "seq": frame.seq,
-                "untrained": bool(backend.card.get("untrained", False)),
+                "untrained": backend.untrained,
                 "captured_at": frame.captured_at_ns / 1e9,
                 "image": {"width": int(frame.image_bgr.shape[1]), "height": int(frame.image_bgr.shape[0])},
                 "persons": persons_json(result.value.above(self._min_person_score)),

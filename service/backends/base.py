@@ -1,0 +1,79 @@
+"""What the API and the stream scheduler use of a loaded backend: `prepare` (in a thread), then
+`await infer`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from models.card import ModelCard
+from models.persons import Persons
+from models.registry import ModelEntry
+from models.transforms import Letterbox
+from service.engine import ItemResult, StageRunner
+
+__all__ = ["LoadedBackend", "Prepared", "await_result"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One preprocessed image, ready to be batched (top-down keeps the image to cut crops from)."""
+
+    tensor: np.ndarray
+    geometry: Letterbox
+    image_rgb: np.ndarray | None = None
+
+
+async def await_result(future: Future[ItemResult[T]], wait_s: float) -> ItemResult[T]:
+    """The item's result, waiting at most `wait_s` (TimeoutError)."""
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, wait_s))
+
+
+class LoadedBackend:
+    """A backend with its sessions loaded and its workers running."""
+
+    entry: ModelEntry
+    card: ModelCard | None
+    providers: list[str]
+    runners: Sequence[StageRunner[Any, Any, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.entry.backend or self.entry.name
+
+    @property
+    def untrained(self) -> bool:
+        """True when the served weights are a seed network's random initialisation."""
+        return self.card is not None and self.card.untrained
+
+    def prepare(self, image_rgb: np.ndarray) -> Prepared:
+        raise NotImplementedError
+
+    async def infer(
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+    ) -> ItemResult[Persons]:
+        """Persons of one prepared image.
+
+        `deadline` (monotonic s) bounds the time spent queued; `wait_s` bounds the whole wait
+        (raises TimeoutError; queued work is cancelled). Raises `QueueFullError` when full.
+        """
+        raise NotImplementedError
+
+    @property
+    def healthy(self) -> bool:
+        return all(r.alive_workers == r.worker_count for r in self.runners)
+
+    @property
+    def worker_count(self) -> int:
+        return sum(r.worker_count for r in self.runners)
+
+    def stop(self) -> None:
+        for runner in self.runners:
+            runner.stop()

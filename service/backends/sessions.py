@@ -1,0 +1,57 @@
+"""Inference sessions of one backend stage: loading, warm-up, one batched run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from models.runtime import OrtModel, Session
+from service.config import BackendSettings
+from service.errors import BackendUnavailableError
+
+__all__ = ["load_sessions", "run_rows", "warm_up"]
+
+T = TypeVar("T")
+
+
+def load_sessions(path: Path, settings: BackendSettings, backend: str, *, spinning: bool) -> list[Session]:
+    """`settings.workers` sessions of the ONNX file at `path` (one per worker thread).
+
+    `spinning` is the default for idle ORT threads busy-waiting, unless `settings.ort_spinning`
+    says otherwise. A file that cannot be loaded raises `BackendUnavailableError`.
+    """
+    if settings.ort_spinning is not None:
+        spinning = settings.ort_spinning
+    try:
+        return [
+            OrtModel(
+                path,
+                providers=settings.providers,
+                intra_op_threads=settings.intra_op_threads,
+                fp16=settings.fp16,
+                allow_spinning=spinning,
+            )
+            for _ in range(settings.workers)
+        ]
+    except Exception as exc:  # a corrupt or incompatible file must not take the service down
+        raise BackendUnavailableError(f"backend {backend}: cannot load {path}: {exc}") from exc
+
+
+def run_rows(
+    session: Session, rows: Sequence[np.ndarray], post: Callable[[list[np.ndarray], int], T]
+) -> tuple[list[T], float]:
+    """Stack rows, run the session once, post-process each row's slice: (outputs, model seconds)."""
+    started = time.perf_counter()
+    outputs = session.run(np.stack(rows))
+    inference_s = time.perf_counter() - started
+    return [post([o[i] for o in outputs], i) for i in range(len(rows))], inference_s
+
+
+def warm_up(sessions: Sequence[Session], rows: list[np.ndarray]) -> None:
+    """One run per session before serving: the first request must not pay for ORT's first run."""
+    for session in sessions:
+        session.run(np.stack(rows))

@@ -1,0 +1,80 @@
+"""Single-stage backends: whole images through one model (stage "pose") -> persons."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+from models.card import ModelCard
+from models.persons import Persons
+from models.pipelines import build
+from models.pipelines.base import PipelineOptions, SingleStage
+from models.registry import ModelEntry
+from models.runtime import Session
+from models.weights import WeightsStore
+from service.backends.base import LoadedBackend, Prepared, await_result
+from service.backends.sessions import load_sessions, run_rows, warm_up
+from service.config import BackendSettings, Settings
+from service.engine import ItemResult, StageRunner
+from service.metrics import Metrics
+
+__all__ = ["SingleStageBackend"]
+
+
+class SingleStageBackend(LoadedBackend):
+    """One model over whole images; the pipeline and sessions are given (tests pass fakes); see `load`."""
+
+    def __init__(
+        self,
+        entry: ModelEntry,
+        *,
+        pipeline: SingleStage,
+        sessions: Sequence[Session],
+        settings: BackendSettings,
+        metrics: Metrics,
+        card: ModelCard | None = None,
+    ) -> None:
+        self.entry = entry
+        self.pipeline = pipeline
+        self.providers = list(sessions[0].providers)
+        self.card = card
+        self.runner: StageRunner[Prepared, Persons, Session] = StageRunner(
+            backend=self.name,
+            stage="pose",
+            settings=settings,
+            sessions=sessions,
+            run_batch=self._run_batch,
+            metrics=metrics,
+        )
+        self.runners = [self.runner]
+        blank = np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8)
+        warm_up(sessions, [pipeline.preprocess(blank)[0]])
+        self.runner.start()
+
+    @classmethod
+    def load(cls, entry: ModelEntry, settings: Settings, store: WeightsStore, metrics: Metrics) -> SingleStageBackend:
+        bs = settings.backend(entry.backend or entry.name)
+        stored = store.require(entry.name)
+        return cls(
+            entry,
+            pipeline=build.single_stage(entry, stored.card, PipelineOptions(input_size=bs.input_size)),
+            sessions=load_sessions(stored.path, bs, entry.name, spinning=True),
+            settings=bs,
+            metrics=metrics,
+            card=stored.card,
+        )
+
+    def prepare(self, image_rgb: np.ndarray) -> Prepared:
+        tensor, geometry = self.pipeline.preprocess(image_rgb)
+        return Prepared(tensor=tensor, geometry=geometry)
+
+    def _run_batch(self, session: Session, items: list[Prepared]) -> tuple[list[Persons], float]:
+        return run_rows(
+            session, [i.tensor for i in items], lambda out, i: self.pipeline.postprocess(out, items[i].geometry)
+        )
+
+    async def infer(
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+    ) -> ItemResult[Persons]:
+        return await await_result(self.runner.submit(prepared, deadline=deadline, key=key), wait_s)

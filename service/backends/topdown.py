@@ -1,0 +1,154 @@
+"""Top-down backends: image -> detector (stage "detect", frames batched) -> affine crops -> pose
+model (stage "pose", crops from many frames batched; each frame is its own fairness key, so a
+frame with 40 people is spread over several batches without starving other frames)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from models import registry
+from models.card import ModelCard
+from models.persons import Persons
+from models.pipelines import build
+from models.pipelines.base import CropPose, Detector, PipelineOptions
+from models.pipelines.topdown import assemble, make_crops
+from models.registry import ModelEntry
+from models.runtime import Session
+from models.transforms import CropBox
+from models.weights import WeightsStore
+from service.backends.base import LoadedBackend, Prepared, await_result
+from service.backends.sessions import load_sessions, run_rows, warm_up
+from service.config import BackendSettings, Settings, TopDownSettings
+from service.engine import ItemResult, StageRunner
+from service.metrics import Metrics
+
+__all__ = ["Detections", "TopDownBackend"]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One frame after the detect stage: pose rows to run, their crop geometry, box scores."""
+
+    rows: list[np.ndarray]
+    crops: list[CropBox]
+    scores: np.ndarray
+
+
+class TopDownBackend(LoadedBackend):
+    """Detector and pose model given as objects with their sessions (tests pass fakes); see `load`."""
+
+    def __init__(
+        self,
+        entry: ModelEntry,
+        *,
+        detector: Detector,
+        pose: CropPose,
+        det_sessions: Sequence[Session],
+        pose_sessions: Sequence[Session],
+        settings: BackendSettings,
+        topdown: TopDownSettings,
+        metrics: Metrics,
+        card: ModelCard | None = None,
+    ) -> None:
+        self.entry = entry
+        self.flip_test, self.padding = topdown.flip_test, topdown.padding
+        self.detector, self.pose = detector, pose
+        pose_settings = settings.model_copy(update={"max_queue": max(settings.max_queue, topdown.pose_max_queue)})
+        self.providers = list(pose_sessions[0].providers)
+        self.card = card
+        self.detect: StageRunner[Prepared, Detections, Session] = StageRunner(
+            backend=self.name,
+            stage="detect",
+            settings=settings,
+            sessions=det_sessions,
+            run_batch=self._detect,
+            metrics=metrics,
+        )
+        self.pose_runner: StageRunner[np.ndarray, np.ndarray, Session] = StageRunner(
+            backend=self.name,
+            stage="pose",
+            settings=pose_settings,
+            sessions=pose_sessions,
+            run_batch=self._pose,
+            metrics=metrics,
+        )
+        self.runners = [self.detect, self.pose_runner]
+        self._frames = itertools.count()
+        side = detector.input_size
+        warm_up(det_sessions, [detector.preprocess(np.zeros((side, side, 3), np.uint8))[0]])
+        crop_w, crop_h = pose.crop_wh
+        warm_up(pose_sessions, [pose.preprocess_crop(np.zeros((crop_h, crop_w, 3), np.uint8))])
+        for runner in self.runners:
+            runner.start()
+
+    @classmethod
+    def load(cls, entry: ModelEntry, settings: Settings, store: WeightsStore, metrics: Metrics) -> TopDownBackend:
+        td = settings.topdown
+        bs = settings.backend(entry.backend or entry.name)
+        det_entry = registry.DETECTORS[td.detector]
+        det_stored, stored = store.require(det_entry.name), store.require(entry.name)
+        return cls(
+            entry,
+            detector=build.detector(det_entry, det_stored.card, PipelineOptions(max_persons=td.max_persons)),
+            pose=build.crop_pose(entry, stored.card),
+            det_sessions=load_sessions(det_stored.path, bs, entry.name, spinning=False),
+            pose_sessions=load_sessions(stored.path, bs, entry.name, spinning=False),
+            settings=bs,
+            topdown=td,
+            metrics=metrics,
+            card=stored.card,
+        )
+
+    def prepare(self, image_rgb: np.ndarray) -> Prepared:
+        tensor, geometry = self.detector.preprocess(image_rgb)
+        return Prepared(tensor=tensor, geometry=geometry, image_rgb=image_rgb)
+
+    def _detect(self, session: Session, items: list[Prepared]) -> tuple[list[Detections], float]:
+        def post(outputs: list[np.ndarray], i: int) -> Detections:
+            boxes, scores = self.detector.postprocess(outputs, items[i].geometry)
+            image = items[i].image_rgb
+            assert image is not None
+            rows, crops = make_crops(image, boxes, self.pose, padding=self.padding, flip_test=self.flip_test)
+            return Detections(rows=rows, crops=crops, scores=scores)
+
+        return run_rows(session, [i.tensor for i in items], post)
+
+    def _pose(self, session: Session, rows: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        return run_rows(session, rows, lambda out, _: self.pose.postprocess_crop(out))
+
+    async def infer(
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+    ) -> ItemResult[Persons]:
+        started = time.monotonic()
+        det = await await_result(self.detect.submit(prepared, deadline=deadline, key=key), wait_s)
+        found = det.value
+        if not found.rows:
+            return ItemResult(Persons.empty(), det.queue_s, det.inference_s, det.batch_size)
+        frame_key = (key, next(self._frames))
+        futures: list[Future[ItemResult[np.ndarray]]] = []
+        try:
+            for row in found.rows:
+                futures.append(self.pose_runner.submit(row, deadline=deadline, key=frame_key))
+            left_s = wait_s - (time.monotonic() - started)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), timeout=max(0.0, left_s)
+            )
+        finally:
+            for f in futures:
+                f.cancel()  # no-op for finished ones; frees queue slots after a failure
+        persons = assemble(
+            [r.value for r in results], found.crops, found.scores, flip_test=self.flip_test, crop_w=self.pose.crop_wh[0]
+        )
+        return ItemResult(
+            persons,
+            queue_s=det.queue_s + max(r.queue_s for r in results),
+            inference_s=det.inference_s + max(r.inference_s for r in results),
+            batch_size=max(r.batch_size for r in results),
+        )

@@ -7,7 +7,7 @@ One entry defines a model completely:
 - ``kind``: ``single-stage`` (image -> persons), ``top-down`` (a person crop -> one person,
   served behind a person detector) or ``person-detector`` (image -> person boxes);
 - ``backend``: the name ``?backend=`` serves it under (None for a detector only);
-- ``input_hw``: default network input (H, W) in pixels; ``codec``: how its outputs decode;
+- ``codec``: how its outputs decode (the input geometry is its source's ``InputSpec``);
 - ``pipeline``: builder ``(entry, card, options) -> SingleStage | CropPose | Detector``
   (``models.pipelines``); ``detector``: a second builder when it can also find person boxes;
 - ``source``: ``PullSpec`` (pretrained, ``poseserve models pull``) or ``Trained`` (a seed
@@ -51,12 +51,16 @@ class ModelEntry:
     """Weights name: ``NAME.onnx`` + ``NAME.json`` in the store, ``models pull`` / ``export`` NAME."""
     kind: Kind
     backend: str | None
-    input_hw: tuple[int, int]
     codec: str
     pipeline: str
     source: PullSpec | Trained
     description: str
     detector: str | None = None
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Default network input (H, W) in pixels, as its source states it."""
+        return self.source.input.size_hw
 
     @property
     def pretrained(self) -> bool:
@@ -91,9 +95,8 @@ def _crop_seed(name: str, hw: tuple[int, int], codec: str, paper: tuple[float, f
         name=name,
         kind="top-down",
         backend=name,
-        input_hw=hw,
         codec=codec,
-        pipeline=f"models.pipelines.{family}:crop_pose",
+        pipeline=f"models.pipelines.seed_crops:{codec}",
         source=Trained(
             net=f"models.nets.{family}:{name.replace('-', '_')}",
             output_names=outputs,
@@ -110,7 +113,6 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         name="movenet-multipose",
         kind="single-stage",
         backend="movenet-multipose",
-        input_hw=(384, 384),
         codec="movenet-multipose",
         pipeline="models.pipelines.movenet:multipose",
         detector="models.pipelines.movenet:multipose_boxes",
@@ -138,7 +140,6 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         name="movenet-thunder",
         kind="top-down",
         backend="topdown-movenet",
-        input_hw=(256, 256),
         codec="movenet-singlepose",
         pipeline="models.pipelines.movenet:thunder",
         source=PullSpec(
@@ -160,7 +161,6 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         name="blazepose-heavy",
         kind="top-down",
         backend="topdown-blazepose",
-        input_hw=(256, 256),
         codec="blazepose",
         pipeline="models.pipelines.blazepose:heavy",
         source=PullSpec(
@@ -177,7 +177,6 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         name="nanodet",
         kind="person-detector",
         backend=None,
-        input_hw=(416, 416),
         codec="nanodet",
         pipeline="models.pipelines.nanodet:persons",
         source=PullSpec(
@@ -209,7 +208,6 @@ _ENTRIES: tuple[ModelEntry, ...] = (
             name=f"erpose-{scale}",
             kind="single-stage",
             backend=f"erpose-{scale}",
-            input_hw=(640, 640),
             codec="erpose",
             pipeline="models.pipelines.erpose:erpose",
             source=Trained(

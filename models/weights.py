@@ -38,7 +38,15 @@ from models.registry import MODELS, ModelEntry
 if TYPE_CHECKING:
     from models.convert.pipeline import BuildResult
 
-__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_NPM_CACHE_DIR", "PULLABLE", "StoredModel", "WeightsStore", "sha256_file"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "DEFAULT_NPM_CACHE_DIR",
+    "PULLABLE",
+    "StoredModel",
+    "WeightsStore",
+    "pull_spec",
+    "sha256_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,16 @@ DEFAULT_MODEL_DIR = Path.home() / ".cache/poseserve/models"
 DEFAULT_NPM_CACHE_DIR = DEFAULT_MODEL_DIR.parent / "npm"
 PULLABLE: dict[str, ModelEntry] = {n: e for n, e in MODELS.items() if isinstance(e.source, PullSpec)}
 """The catalogue's pretrained models (``poseserve models pull NAME``)."""
+
+
+def pull_spec(name: str) -> PullSpec:
+    """Where pretrained model ``name`` comes from; ``PullError`` names the pullable ones."""
+    entry = PULLABLE.get(name)
+    if entry is None or not isinstance(entry.source, PullSpec):
+        raise PullError(f"unknown model {name!r}; pullable models: {', '.join(sorted(PULLABLE))}")
+    return entry.source
+
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -163,11 +181,8 @@ class WeightsStore:
         ``PullError`` naming the failed step; the model directory is only written at the end,
         by ``os.replace`` of complete files.
         """
-        entry = PULLABLE.get(name)
-        if entry is None:
-            raise PullError(f"unknown model {name!r}; pullable models: {', '.join(sorted(PULLABLE))}")
-        assert isinstance(entry.source, PullSpec)
-        spec = entry.source
+        spec = pull_spec(name)
+        entry = PULLABLE[name]
         present = None if force else self._verify(name)
         if isinstance(present, StoredModel):
             logger.info("%s already present (sha256 %s)", name, present.card.sha256[:12])

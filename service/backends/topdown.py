@@ -63,21 +63,11 @@ class TopDownBackend(LoadedBackend):
         pose_settings = settings.model_copy(update={"max_queue": max(settings.max_queue, topdown.pose_max_queue)})
         self.providers = list(pose_sessions[0].providers)
         self.card = card
-        self.detect: StageRunner[Prepared, Detections, Session] = StageRunner(
-            backend=self.name,
-            stage="detect",
-            settings=settings,
-            sessions=det_sessions,
-            run_batch=self._detect,
-            metrics=metrics,
+        self.detect: StageRunner[Prepared, Detections, Session] = self._runner(
+            "detect", settings, det_sessions, self._detect, metrics
         )
-        self.pose_runner: StageRunner[np.ndarray, np.ndarray, Session] = StageRunner(
-            backend=self.name,
-            stage="pose",
-            settings=pose_settings,
-            sessions=pose_sessions,
-            run_batch=self._pose,
-            metrics=metrics,
+        self.pose_runner: StageRunner[np.ndarray, np.ndarray, Session] = self._runner(
+            "pose", pose_settings, pose_sessions, self._pose, metrics
         )
         self.runners = [self.detect, self.pose_runner]
         self._frames = itertools.count()

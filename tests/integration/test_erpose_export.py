@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from models.codecs.erpose import anchor_grid
-from models.export import export_onnx
+from models.export import calibrate_batchnorm, export_onnx
 from models.nets.erpose import INPUT_SIZE, erpose_n
-from models.zoo import calibrate_batchnorm
 
 pytestmark = pytest.mark.integration
 

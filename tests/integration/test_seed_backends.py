@@ -10,8 +10,8 @@ import httpx
 import pytest
 import torch
 
+from models.export import build, export_to_store
 from models.weights import DEFAULT_MODEL_DIR
-from models.zoo import build, export_to_store
 from service.config import Settings
 from tests.support import client_for, sample_jpeg
 
@@ -65,8 +65,8 @@ def test_checkpoint_export_is_served_as_trained(store_dir: Path, tmp_path_factor
     torch.manual_seed(1)
     torch.save(build("amfacpose-r18").state_dict(), checkpoint)
     card = export_to_store("amfacpose-r18", store_dir, checkpoint=checkpoint)
-    assert card["untrained"] is False and card["checkpoint"] == str(checkpoint)
-    assert max(card["parity"]["max_abs_diff"].values()) < 1e-3
+    assert card.untrained is False and card.checkpoint == str(checkpoint)
+    assert max(card.parity["max_abs_diff"].values()) < 1e-3
     r = post_all(Settings(model_dir=store_dir, preload=()), ["amfacpose-r18"])[0]
     assert r.status_code == 200 and r.json()["untrained"] is False
     for person in r.json()["persons"]:

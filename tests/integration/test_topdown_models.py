@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -20,9 +21,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models import topdown
+from models import registry
 from models.codecs import nanodet
 from models.evaluation import coco_keypoint_results, evaluate_keypoints
+from models.pipelines import build, topdown
+from models.pipelines.base import CropPose, Detector, PipelineOptions
+from models.pipelines.nanodet import IOU_THRESHOLD
 from models.runtime import OrtModel
 from models.weights import DEFAULT_MODEL_DIR, DEFAULT_NPM_CACHE_DIR, WeightsStore
 from tests.support import coco_samples, four_person_grid, iou
@@ -50,8 +54,17 @@ def topdown_store(pose_sample_images: list[Path]) -> WeightsStore:
 @pytest.fixture(scope="module")
 def sessions(topdown_store: WeightsStore) -> dict[str, OrtModel]:
     return {
-        name: OrtModel(topdown_store.require(name), providers=("cuda", "cpu"), intra_op_threads=2) for name in MODELS
+        name: OrtModel(topdown_store.require(name).path, providers=("cuda", "cpu"), intra_op_threads=2)
+        for name in MODELS
     }
+
+
+def detector_named(name: str) -> Detector:
+    return build.detector(registry.DETECTORS[name], None, PipelineOptions())
+
+
+def crop_pose_named(name: str) -> CropPose:
+    return build.crop_pose(registry.MODELS[name], None)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +114,10 @@ def test_nanodet_person_bbox_ap(
     sessions: dict[str, OrtModel], images: dict[int, np.ndarray], score_threshold: float, floor: float
 ) -> None:
     _, coco = coco_samples()
-    detector = topdown.NanoDetPersons(score_threshold=score_threshold)
+    codec = nanodet.NanoDetCodec(
+        (416, 416), score_threshold=score_threshold, iou_threshold=IOU_THRESHOLD, max_persons=20
+    )
+    detector = dataclasses.replace(detector_named("nanodet"), codec=codec)
     by_offset: dict[float, list[dict[str, Any]]] = {0.5: [], 0.0: []}
     for image_id, image in images.items():
         row, geometry = detector.preprocess(image)
@@ -113,7 +129,7 @@ def test_nanodet_person_bbox_ap(
             outputs,
             input_wh=(detector.input_size, detector.input_size),
             score_threshold=score_threshold,
-            iou_threshold=detector.iou_threshold,
+            iou_threshold=IOU_THRESHOLD,
             centre_offset=0.0,
         )
         boxes[:, 0::2] = (boxes[:, 0::2] - geometry.pad_x) / geometry.scale_x
@@ -146,7 +162,7 @@ def test_topdown_keypoint_ap(
     floor: float,
 ) -> None:
     _, coco = coco_samples()
-    detector, pose = topdown.DETECTORS[detector_name](), topdown.CROP_POSES[pose_name]()
+    detector, pose = detector_named(detector_name), crop_pose_named(pose_name)
     results: list[dict[str, Any]] = []
     for image_id, image in images.items():
         persons = topdown.run_topdown(
@@ -172,9 +188,9 @@ def test_four_people_are_four_persons(
     """
     grid, people = four_person_grid()
     persons = topdown.run_topdown(
-        topdown.DETECTORS[detector_name](),
+        detector_named(detector_name),
         sessions[detector_name],
-        topdown.CROP_POSES[pose_name](),
+        crop_pose_named(pose_name),
         sessions[pose_name],
         grid,
     )

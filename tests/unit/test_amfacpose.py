@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.export import build
 from models.nets.amfacpose import (
-    INPUT_HW,
-    VARIANTS,
     AMFACPose,
     AMFACPoseConfig,
     CoordConv2d,
@@ -16,6 +15,7 @@ from models.nets.amfacpose import (
     amfacpose_r34,
 )
 from models.profile import GIGA, count_macs, count_params
+from models.registry import MODELS, Trained
 
 pytestmark = pytest.mark.unit
 
@@ -41,11 +41,12 @@ def _threads() -> None:
     torch.manual_seed(0)
 
 
-def test_variants_are_served_names_with_input_sizes() -> None:
-    assert set(VARIANTS) == {"amfacpose-r18", "amfacpose-r34"} == set(INPUT_HW)
-    assert INPUT_HW["amfacpose-r18"] == (256, 256) and INPUT_HW["amfacpose-r34"] == (384, 288)
-    model = VARIANTS["amfacpose-r18"]()
-    assert isinstance(model, AMFACPose) and model.cfg.input_hw == INPUT_HW["amfacpose-r18"]
+def test_catalogue_entries_build_networks_of_their_input_size() -> None:
+    for name, hw in (("amfacpose-r18", (256, 256)), ("amfacpose-r34", (384, 288))):
+        entry = MODELS[name]
+        assert isinstance(entry.source, Trained) and entry.source.input.size_hw == entry.input_hw == hw
+        model = build(name)
+        assert isinstance(model, AMFACPose) and model.cfg.input_hw == hw
 
 
 def test_forward_returns_simcc_logits() -> None:

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from models.codecs.erpose import anchor_grid, decode, decode_offsets, encode_offsets
+from models.export import build
 from models.losses.erpose import ERPoseLoss, smooth_oks
-from models.nets.erpose import VARIANTS, ERPose, erpose_n
+from models.nets.erpose import ERPose, erpose_n
+from models.pipelines.erpose import PAD_VALUE
 from models.profile import count_params
 from models.train.assign import COCO_SIGMAS, assign, oks_matrix, task_alignment_error
-from models.train.erpose_data import PAD_VALUE
 from models.transforms import letterbox
 
 pytestmark = pytest.mark.unit
@@ -31,7 +32,7 @@ def _threads() -> None:
 
 @pytest.mark.parametrize("name", list(PAPER_PARAMS_M))
 def test_deploy_params_match_paper(name: str) -> None:
-    model = VARIANTS[name]()
+    model = build(name)
     assert isinstance(model, ERPose)
     deploy = count_params(model) - count_params(model.one_to_many)
     assert abs(deploy / 1e6 - PAPER_PARAMS_M[name]) <= 0.10 * PAPER_PARAMS_M[name]
@@ -49,7 +50,7 @@ def test_forward_train_returns_both_heads_eval_only_one_to_one() -> None:
     with torch.no_grad():
         out = model(x)
     assert isinstance(out, torch.Tensor) and out.shape == (2, len(points), C)
-    assert model.strides == (16, 32) and VARIANTS["erpose-s"]().strides == (8, 16, 32)
+    assert model.strides == (16, 32) and build("erpose-s").strides == (8, 16, 32)
 
 
 def test_smooth_oks_is_c1_at_one() -> None:

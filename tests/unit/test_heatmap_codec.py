@@ -35,7 +35,7 @@ def test_round_trip_with_dark_below_half_pixel() -> None:
     codec = HeatmapCodec(INPUT_WH, HEATMAP_WH, sigma=2.0, refine=True)
     kps = _random_keypoints(np.random.default_rng(0), (3, 17))
     heatmaps = np.stack([codec.encode(k, np.ones(17))[0] for k in kps])
-    decoded, scores = codec.decode(heatmaps)
+    decoded, scores = codec.decode_batch(heatmaps)
     assert decoded.shape == (3, 17, 2) and scores.shape == (3, 17)
     err = np.abs(decoded - kps).max()
     assert err < 0.5, err
@@ -47,8 +47,8 @@ def test_refinement_beats_argmax() -> None:
     plain = HeatmapCodec(INPUT_WH, HEATMAP_WH, refine=False)
     dark = HeatmapCodec(INPUT_WH, HEATMAP_WH, refine=True)
     heatmaps = np.stack([plain.encode(k, np.ones(17))[0] for k in kps])
-    err_plain = np.abs(plain.decode(heatmaps)[0] - kps).mean()
-    err_dark = np.abs(dark.decode(heatmaps)[0] - kps).mean()
+    err_plain = np.abs(plain.decode_batch(heatmaps)[0] - kps).mean()
+    err_dark = np.abs(dark.decode_batch(heatmaps)[0] - kps).mean()
     assert err_dark < 0.25 * err_plain
 
 
@@ -58,11 +58,11 @@ def test_noisy_heatmaps_stay_close() -> None:
     kps = _random_keypoints(rng, (1, 17))
     heatmaps = np.stack([codec.encode(k, np.ones(17))[0] for k in kps])
     noisy = heatmaps + rng.normal(0.0, 0.02, heatmaps.shape)
-    decoded, _ = codec.decode(noisy)
+    decoded, _ = codec.decode_batch(noisy)
     assert np.abs(decoded - kps).max() < 2.0
 
 
 def test_empty_heatmap_scores_zero() -> None:
     codec = HeatmapCodec(INPUT_WH, HEATMAP_WH)
-    _, scores = codec.decode(np.zeros((1, 17, 64, 48)))
+    _, scores = codec.decode_batch(np.zeros((1, 17, 64, 48)))
     assert np.all(scores == 0)

@@ -7,10 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from models.export import build
 from models.nets.lehrnet import (
     EMA,
-    INPUT_HW,
-    VARIANTS,
     LeanBlock,
     LEHRNet,
     LEHRNetConfig,
@@ -19,6 +18,7 @@ from models.nets.lehrnet import (
     lehrnet_w32_lean,
 )
 from models.profile import GIBI, count_macs, count_params
+from models.registry import MODELS
 
 pytestmark = pytest.mark.unit
 
@@ -31,11 +31,10 @@ def _threads() -> None:
     torch.manual_seed(0)
 
 
-def test_variants_are_served_names_with_input_sizes() -> None:
-    assert set(VARIANTS) == {"lehrnet-w32"} == set(INPUT_HW)
-    assert INPUT_HW["lehrnet-w32"] == HW
-    model = VARIANTS["lehrnet-w32"]()
-    assert isinstance(model, LEHRNet) and model.cfg.block == "lean_ema"
+def test_catalogue_entry_builds_the_lean_ema_network() -> None:
+    assert MODELS["lehrnet-w32"].input_hw == HW
+    model = build("lehrnet-w32")
+    assert isinstance(model, LEHRNet) and model.cfg.block == "lean_ema" and model.cfg.input_hw == HW
 
 
 @pytest.mark.parametrize("factory", [hrnet_w32, lehrnet_w32_lean, lehrnet_w32])

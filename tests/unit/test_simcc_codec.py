@@ -46,7 +46,7 @@ def test_round_trip_below_quarter_pixel(sigma: float | tuple[float, float]) -> N
     tx = np.stack([t[0] for t in targets])
     ty = np.stack([t[1] for t in targets])
     # A perfectly trained network: softmax(logits / T) equals the target.
-    decoded, scores = codec.decode(codec.temperature * np.log(tx + 1e-12), codec.temperature * np.log(ty + 1e-12))
+    decoded, scores = codec.decode_batch(codec.temperature * np.log(tx + 1e-12), codec.temperature * np.log(ty + 1e-12))
     assert decoded.shape == (4, 17, 2) and scores.shape == (4, 17)
     err = np.abs(decoded - kps).max()
     assert err < 0.25, err
@@ -60,11 +60,11 @@ def test_argmax_only_error_is_bounded_by_half_a_bin() -> None:
     # Peaky one-hot logits defeat the parabola (flat neighbours): only the bin quantisation remains.
     onehot_x = np.where(tx == tx.max(axis=1, keepdims=True), 10.0, 0.0)[None]
     onehot_y = np.where(ty == ty.max(axis=1, keepdims=True), 10.0, 0.0)[None]
-    decoded, _ = codec.decode(onehot_x, onehot_y)
+    decoded, _ = codec.decode_batch(onehot_x, onehot_y)
     assert np.abs(decoded[0] - kps).max() <= 0.25 + 1e-6
 
 
 def test_flat_logits_score_low() -> None:
     codec = SimCCCodec(INPUT_WH)
-    _, scores = codec.decode(np.zeros((2, 17, 384)), np.zeros((2, 17, 512)))
+    _, scores = codec.decode_batch(np.zeros((2, 17, 384)), np.zeros((2, 17, 512)))
     assert np.all(scores < 0.1)

@@ -8,13 +8,22 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from models import topdown
 from models.codecs import blazepose, nanodet
-from models.transforms import flip_keypoints, letterbox
+from models.pipelines import build, topdown
+from models.pipelines.base import PipelineOptions
+from models.registry import BACKENDS, DETECTORS, MODELS
+from models.transforms import Letterbox, flip_keypoints, letterbox
 
 pytestmark = pytest.mark.unit
 
 RNG_SEED = 0
+
+
+class OutputNames:
+    """The part of a codec that `run_topdown` checks sessions against."""
+
+    def __init__(self, *names: str) -> None:
+        self.output_names = names
 
 
 class FakePose:
@@ -22,7 +31,7 @@ class FakePose:
 
     name = "fake-pose"
     crop_wh = (192, 256)
-    output_names = ("keypoints",)
+    codec = OutputNames("keypoints")
 
     def preprocess_crop(self, crop_rgb: np.ndarray) -> np.ndarray:
         return crop_rgb
@@ -149,12 +158,12 @@ class FakeSession:
 class FakeDetector:
     name = "fake-detector"
     input_size = 64
-    output_names = ("boxes", "scores")
+    codec = OutputNames("boxes", "scores")
 
-    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, topdown.Letterbox]:
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         return letterbox(image_rgb, self.input_size)
 
-    def postprocess(self, outputs: list[np.ndarray], geometry: topdown.Letterbox) -> tuple[np.ndarray, np.ndarray]:
+    def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray]:
         return outputs[0], outputs[1]
 
 
@@ -280,7 +289,7 @@ def test_nanodet_logit_scores_and_thresholds() -> None:
 
 def test_nanodet_persons_maps_boxes_to_the_image() -> None:
     """A centred letterbox of an 832 x 416 image: scale 0.5, 104 px of padding on top."""
-    detector = topdown.NanoDetPersons(score_threshold=0.3)
+    detector = build.detector(MODELS["nanodet"], None, PipelineOptions())
     row, geometry = detector.preprocess(np.zeros((416, 832, 3), np.uint8))
     assert row.shape == (3, 416, 416) and row.dtype == np.float32
     heads = nanodet_heads({(16, 12, 10): (0.9, 0, (3, 2, 4, 5))})  # centre (168, 200) in the input
@@ -291,14 +300,18 @@ def test_nanodet_persons_maps_boxes_to_the_image() -> None:
     np.testing.assert_allclose(scores, [0.9])
 
 
-def test_factories_build_every_backend() -> None:
-    assert set(topdown.DETECTORS) == {"nanodet", "movenet-multipose"}
-    assert set(topdown.CROP_POSES) == {"movenet-thunder", "blazepose-heavy"}
-    for name, make_detector in topdown.DETECTORS.items():
-        assert make_detector().name == name
-    for name, make_pose in topdown.CROP_POSES.items():
-        assert make_pose().name == name
-    thunder_row = topdown.MoveNetThunder().preprocess_crop(np.full((256, 256, 3), 255, np.uint8))
-    blaze_row = topdown.BlazePoseHeavy().preprocess_crop(np.full((256, 256, 3), 255, np.uint8))
+def test_catalogue_builds_every_pretrained_pipeline() -> None:
+    assert set(DETECTORS) == {"nanodet", "movenet-multipose"}
+    for name, entry in DETECTORS.items():
+        assert build.detector(entry, None, PipelineOptions()).name == name
+    crop_poses = {e.name: build.crop_pose(e, None) for e in BACKENDS.values() if e.kind == "top-down" and e.pretrained}
+    assert set(crop_poses) == {"movenet-thunder", "blazepose-heavy"}
+    white = np.full((256, 256, 3), 255, np.uint8)
+    thunder_row = crop_poses["movenet-thunder"].preprocess_crop(white)
+    blaze_row = crop_poses["blazepose-heavy"].preprocess_crop(white)
     assert thunder_row.dtype == np.int32 and thunder_row.max() == 255
     assert blaze_row.dtype == np.float32 and blaze_row.max() == pytest.approx(1.0)
+    single = build.single_stage(MODELS["movenet-multipose"], None, PipelineOptions(input_size=256))
+    assert single.input_size == 256 and single.preprocess(white)[0].shape == (256, 256, 3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build.single_stage(MODELS["movenet-multipose"], None, PipelineOptions(input_size=250))

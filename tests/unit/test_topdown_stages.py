@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from models.registry import get_spec
+from models.registry import backend as catalogue_backend
 from models.transforms import Letterbox
 from service.backends import TopDownBackend
 from service.config import BackendSettings, TopDownSettings
@@ -56,6 +56,7 @@ class FakePose:
 
 class FakeSession:
     providers = ("CPUExecutionProvider",)
+    output_names = ("rows",)
 
     def __init__(self, seconds_per_batch: float) -> None:
         self.seconds = seconds_per_batch
@@ -76,11 +77,11 @@ def frame(people: int) -> np.ndarray:
 def make_backend(metrics: Metrics) -> tuple[TopDownBackend, FakeSession]:
     pose_session = FakeSession(0.01)
     backend = TopDownBackend(
-        get_spec("topdown-movenet"),
+        catalogue_backend("topdown-movenet"),
         detector=FakeDetector(),
         pose=FakePose(),
-        det_sessions=[FakeSession(0.005)],  # type: ignore[list-item]
-        pose_sessions=[pose_session],  # type: ignore[list-item]
+        det_sessions=[FakeSession(0.005)],
+        pose_sessions=[pose_session],
         settings=BackendSettings(max_batch=POSE_MAX_BATCH, max_wait_ms=2, max_queue=64),
         topdown=TopDownSettings(),
         metrics=metrics,
@@ -128,11 +129,11 @@ def test_full_pose_queue_fails_the_frame_and_frees_its_slots() -> None:
     metrics = Metrics()
     tight = TopDownSettings(pose_max_queue=16)
     backend = TopDownBackend(
-        get_spec("topdown-movenet"),
+        catalogue_backend("topdown-movenet"),
         detector=FakeDetector(),
         pose=FakePose(),
-        det_sessions=[FakeSession(0.0)],  # type: ignore[list-item]
-        pose_sessions=[FakeSession(0.05)],  # type: ignore[list-item]
+        det_sessions=[FakeSession(0.0)],
+        pose_sessions=[FakeSession(0.05)],
         settings=BackendSettings(max_batch=4, max_wait_ms=1, max_queue=8),
         topdown=tight,
         metrics=metrics,

@@ -35,9 +35,10 @@ from service.errors import (
     StreamLimitError,
     UnknownStreamError,
 )
-from service.metrics import STREAM_STATES, Metrics
+from service.metrics import Metrics
 from service.schemas import persons_json
-from service.streams.reader import CameraReader, Frame, StreamState
+from service.streams.reader import CameraReader, Frame
+from service.streams.states import FrameOutcome, StreamState
 from service.streams.urls import redact, validate_stream_url
 
 __all__ = ["ClientQueue", "Stream", "StreamManager"]
@@ -78,7 +79,7 @@ class Stream:
     created_at: float
     reader: CameraReader
     clients: set[ClientQueue] = field(default_factory=set)
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[FrameOutcome, int] = field(default_factory=dict)
     results_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     last_seq: int = 0
     stalled: bool = False
@@ -110,8 +111,8 @@ class Stream:
             "result_fps": round(self.result_fps(), 2),
             "last_frame_age_s": None if last is None else round(time.monotonic() - last, 3),
             "reconnects": self.reader.reconnects,
-            "frames": dict(self.outcomes),
-            "drops": {k: v for k, v in self.outcomes.items() if k.startswith("dropped") or k == "decode_error"},
+            "frames": {k.value: v for k, v in self.outcomes.items()},
+            "drops": {k.value: v for k, v in self.outcomes.items() if k.is_drop},
             "reader_cpu_s": round(self.reader.cpu_s, 3),
             "ws_clients": len(self.clients),
         }
@@ -234,7 +235,7 @@ class StreamManager:
             self._metrics.ws_clients.labels(stream=stream.name).set(len(stream.clients))
 
     # -- internals ---------------------------------------------------------------------------------
-    def _count(self, stream: Stream, outcome: str, n: int = 1) -> None:
+    def _count(self, stream: Stream, outcome: FrameOutcome, n: int = 1) -> None:
         if n <= 0:
             return
         stream.outcomes[outcome] = stream.outcomes.get(outcome, 0) + n
@@ -267,7 +268,7 @@ class StreamManager:
         self._broadcast(stream, {"event": "state", "stream_id": stream.id, "state": stream.state.value})
 
     def _publish_state_metric(self, stream: Stream) -> None:
-        for state in STREAM_STATES:
+        for state in StreamState:
             self._metrics.stream_state.labels(stream=stream.name, state=state).set(float(state == stream.state))
 
     async def _housekeep(self, period_s: float = 0.5) -> None:
@@ -310,10 +311,11 @@ class StreamManager:
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
                     continue
-                self._count(stream, "dropped_overload" if busy else "skipped", frame.seq - stream.last_seq - 1)
+                superseded = FrameOutcome.DROPPED_OVERLOAD if busy else FrameOutcome.SKIPPED
+                self._count(stream, superseded, frame.seq - stream.last_seq - 1)
                 stream.last_seq = frame.seq
                 if time.monotonic() - frame.captured_mono > max_age_s:
-                    self._count(stream, "dropped_stale")
+                    self._count(stream, FrameOutcome.DROPPED_STALE)
                     continue
                 next_allowed = loop.time() + period_s
                 in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
@@ -333,22 +335,22 @@ class StreamManager:
                 key=stream.id,
             )
         except (DeadlineExceededError, TimeoutError):
-            self._count(stream, "dropped_stale")
+            self._count(stream, FrameOutcome.DROPPED_STALE)
             return
         except QueueFullError:
-            self._count(stream, "dropped_overload")
+            self._count(stream, FrameOutcome.DROPPED_OVERLOAD)
             return
         except cv2.error:
-            self._count(stream, "decode_error")
+            self._count(stream, FrameOutcome.DECODE_ERROR)
             return
         except ServeError as exc:
             logger.warning("stream %s: frame %d failed: %s", stream.name, frame.seq, exc.message)
-            self._count(stream, "dropped_overload")
+            self._count(stream, FrameOutcome.DROPPED_OVERLOAD)
             return
         now = time.monotonic()
         age_s = now - frame.captured_mono
         stream.results_at.append(now)
-        self._count(stream, "processed")
+        self._count(stream, FrameOutcome.PROCESSED)
         self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
         self._broadcast(
             stream,

@@ -8,7 +8,6 @@ creation (`CAP_PROP_OPEN_TIMEOUT_MSEC`, `CAP_PROP_READ_TIMEOUT_MSEC`); a stalled
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import threading
@@ -22,18 +21,11 @@ import cv2
 import numpy as np
 
 from service.config import StreamSettings
+from service.streams.states import StreamState
 
-__all__ = ["CameraReader", "Capture", "Frame", "StreamState", "open_opencv"]
+__all__ = ["CameraReader", "Capture", "Frame", "open_opencv"]
 
 logger = logging.getLogger(__name__)
-
-
-class StreamState(enum.StrEnum):
-    CONNECTING = "connecting"
-    LIVE = "live"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)

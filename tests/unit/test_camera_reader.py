@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.config import StreamSettings
-from service.streams.reader import CameraReader, StreamState
+from service.streams.reader import CameraReader
+from service.streams.states import StreamState
 
 pytestmark = pytest.mark.unit
 

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
+from pydantic import BaseModel
 
 from service.backends import BackendManager, LoadedBackend, Prepared
 from service.config import StreamSettings
@@ -36,86 +33,15 @@ from service.errors import (
     UnknownStreamError,
 )
 from service.metrics import Metrics
-from service.schemas import persons_json
+from service.schemas import ImageSize, Person, StreamFrameMessage, StreamLatency, StreamStateEvent, persons_json
 from service.streams.reader import CameraReader, Frame
 from service.streams.states import FrameOutcome, StreamState
+from service.streams.stream import ClientQueue, Stream
 from service.streams.urls import redact, validate_stream_url
 
-__all__ = ["ClientQueue", "Stream", "StreamManager"]
+__all__ = ["StreamManager"]
 
 logger = logging.getLogger(__name__)
-
-
-class ClientQueue:
-    """A bounded per-client message queue: when full, the oldest message is dropped and counted."""
-
-    def __init__(self, maxsize: int, on_drop: Callable[[], None]) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
-        self._on_drop = on_drop
-        self.dropped = 0
-
-    def put(self, message: str | None) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-            self._on_drop()
-        self._queue.put_nowait(message)
-
-    def close(self) -> None:
-        """No more messages: `get` returns None once the queued ones are consumed."""
-        self.put(None)
-
-    async def get(self) -> str | None:
-        return await self._queue.get()
-
-
-@dataclass(eq=False)
-class Stream:
-    id: str
-    name: str
-    url: str
-    backend: str
-    max_fps: float
-    created_at: float
-    reader: CameraReader
-    clients: set[ClientQueue] = field(default_factory=set)
-    outcomes: dict[FrameOutcome, int] = field(default_factory=dict)
-    results_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    last_seq: int = 0
-    stalled: bool = False
-    task: asyncio.Task[None] | None = None
-    new_frame: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def state(self) -> StreamState:
-        if self.stalled and self.reader.state == StreamState.LIVE:
-            return StreamState.RECONNECTING
-        return self.reader.state
-
-    def result_fps(self, window_s: float = 2.0) -> float:
-        now = time.monotonic()
-        recent = [t for t in self.results_at if now - t <= window_s]
-        return 0.0 if len(recent) < 2 else (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
-
-    def describe(self) -> dict[str, Any]:
-        last = self.reader.last_frame_mono
-        return {
-            "id": self.id,
-            "name": self.name,
-            "url": redact(self.url),
-            "backend": self.backend,
-            "max_fps": self.max_fps,
-            "state": self.state.value,
-            "created_at": self.created_at,
-            "input_fps": round(self.reader.input_fps(), 2),
-            "result_fps": round(self.result_fps(), 2),
-            "last_frame_age_s": None if last is None else round(time.monotonic() - last, 3),
-            "reconnects": self.reader.reconnects,
-            "frames": {k.value: v for k, v in self.outcomes.items()},
-            "drops": {k.value: v for k, v in self.outcomes.items() if k.is_drop},
-            "reader_cpu_s": round(self.reader.cpu_s, 3),
-            "ws_clients": len(self.clients),
-        }
 
 
 class StreamManager:
@@ -129,7 +55,9 @@ class StreamManager:
         default_backend: str,
         inference_timeout_s: float,
         min_person_score: float,
+        reader_factory: Callable[..., CameraReader] = CameraReader,
     ) -> None:
+        """`reader_factory(url, settings, *, name, on_state, on_frame)` makes each camera's reader."""
         self._settings = settings
         self._backends = backends
         self._metrics = metrics
@@ -137,6 +65,7 @@ class StreamManager:
         self._default_backend = default_backend
         self._inference_timeout_s = inference_timeout_s
         self._min_person_score = min_person_score
+        self._reader_factory = reader_factory
         self._streams: dict[str, Stream] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,7 +106,7 @@ class StreamManager:
         if any(s.name == name for s in self._streams.values()):
             raise DuplicateStreamError(f"a stream named {name!r} exists already")
         await self._backends.acquire(backend_name)  # WeightsMissingError
-        reader = CameraReader(
+        reader = self._reader_factory(
             url,
             self._settings,
             name=name,
@@ -209,7 +138,7 @@ class StreamManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream.task
         await asyncio.get_running_loop().run_in_executor(None, stream.reader.stop)
-        message = json.dumps({"event": "state", "stream_id": stream.id, "state": StreamState.STOPPED.value})
+        message = StreamStateEvent(stream_id=stream.id, state=StreamState.STOPPED).model_dump_json()
         for client in stream.clients:
             client.put(message)
             client.close()
@@ -224,7 +153,7 @@ class StreamManager:
             on_drop=lambda: self._metrics.ws_messages_dropped_total.labels(stream=stream.name).inc(),
         )
         stream.clients.add(client)
-        client.put(json.dumps({"event": "state", "stream_id": stream.id, "state": stream.state.value}))
+        client.put(StreamStateEvent(stream_id=stream.id, state=stream.state).model_dump_json())
         self._metrics.ws_clients.labels(stream=stream.name).set(len(stream.clients))
         return client
 
@@ -241,10 +170,10 @@ class StreamManager:
         stream.outcomes[outcome] = stream.outcomes.get(outcome, 0) + n
         self._metrics.stream_frames_total.labels(stream=stream.name, outcome=outcome).inc(n)
 
-    def _broadcast(self, stream: Stream, payload: dict[str, Any]) -> None:
-        message = json.dumps(payload, separators=(",", ":"))
+    def _broadcast(self, stream: Stream, message: BaseModel) -> None:
+        text = message.model_dump_json()
         for client in stream.clients:
-            client.put(message)
+            client.put(text)
 
     def _state_changed(self, stream_id: str, state: StreamState) -> None:
         """Called from a reader thread."""
@@ -265,7 +194,7 @@ class StreamManager:
         if stream.reader.state == StreamState.RECONNECTING and stream.reader.reconnects:
             self._metrics.stream_reconnects_total.labels(stream=stream.name).inc()
         self._publish_state_metric(stream)
-        self._broadcast(stream, {"event": "state", "stream_id": stream.id, "state": stream.state.value})
+        self._broadcast(stream, StreamStateEvent(stream_id=stream.id, state=stream.state))
 
     def _publish_state_metric(self, stream: Stream) -> None:
         for state in StreamState:
@@ -349,25 +278,23 @@ class StreamManager:
             return
         now = time.monotonic()
         age_s = now - frame.captured_mono
+        message = StreamFrameMessage(
+            stream_id=stream.id,
+            seq=frame.seq,
+            untrained=bool(backend.card.get("untrained", False)),
+            captured_at=frame.captured_at_ns / 1e9,
+            image=ImageSize(width=int(frame.image_bgr.shape[1]), height=int(frame.image_bgr.shape[0])),
+            persons=[Person(**p) for p in persons_json(result.value.above(self._min_person_score))],
+            latency_ms=StreamLatency(
+                capture_to_result=round(age_s * 1000, 2),
+                queue=round(result.queue_s * 1000, 2),
+                inference=round(result.inference_s * 1000, 2),
+            ),
+        )
         stream.results_at.append(now)
         self._count(stream, FrameOutcome.PROCESSED)
         self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
-        self._broadcast(
-            stream,
-            {
-                "stream_id": stream.id,
-                "seq": frame.seq,
-                "untrained": bool(backend.card.get("untrained", False)),
-                "captured_at": frame.captured_at_ns / 1e9,
-                "image": {"width": int(frame.image_bgr.shape[1]), "height": int(frame.image_bgr.shape[0])},
-                "persons": persons_json(result.value.above(self._min_person_score)),
-                "latency_ms": {
-                    "capture_to_result": round(age_s * 1000, 2),
-                    "queue": round(result.queue_s * 1000, 2),
-                    "inference": round(result.inference_s * 1000, 2),
-                },
-            },
-        )
+        self._broadcast(stream, message)
 
 
 def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:

@@ -5,8 +5,8 @@ the scheduler takes the newest frame once the stream's single in-flight slot is 
 `1 / max_fps` has passed since the last submission, and submits it into the backend's shared
 batcher (key = stream id, so cameras share batches fairly) with a deadline of
 `capture + frame_max_age_ms`. At most one frame per stream is in flight, so stale frames never
-queue. Every frame gets exactly one outcome: processed, dropped_stale, dropped_overload,
-decode_error, or skipped (superseded by a newer frame before any slot was free).
+queue. Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
+boundary: whatever it raises costs that frame (`error`, logged rate-limited), never the scheduler.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from service.config import StreamSettings
 from service.errors import (
     DeadlineExceededError,
     DuplicateStreamError,
-    QueueFullError,
-    ServeError,
+    OverloadedError,
     StreamLimitError,
     UnknownStreamError,
 )
 from service.metrics import Metrics
 from service.schemas import ImageSize, Person, StreamFrameMessage, StreamLatency, StreamStateEvent, persons_json
+from service.streams.errorlog import ThrottledLog
 from service.streams.reader import CameraReader, Frame
 from service.streams.states import FrameOutcome, StreamState
 from service.streams.stream import ClientQueue, Stream
@@ -42,6 +42,9 @@ from service.streams.urls import redact, validate_stream_url
 __all__ = ["StreamManager"]
 
 logger = logging.getLogger(__name__)
+
+ERROR_LOG_INTERVAL_S = 30.0
+"""per stream: at most one logged frame failure per interval (the rest are counted in the next line)"""
 
 
 class StreamManager:
@@ -121,6 +124,7 @@ class StreamManager:
             max_fps=max_fps or self._settings.default_max_fps,
             created_at=time.time(),
             reader=reader,
+            error_log=ThrottledLog(logger, ERROR_LOG_INTERVAL_S),
         )
         self._streams[stream_id] = stream
         self._publish_state_metric(stream)
@@ -253,6 +257,24 @@ class StreamManager:
                 in_flight.cancel()
 
     async def _process(self, stream: Stream, frame: Frame, max_age_s: float) -> None:
+        """One frame, start to end: exactly one outcome, whatever happens (the scheduler's boundary)."""
+        try:
+            outcome, message = await self._infer(stream, frame, max_age_s)
+        except Exception:  # not an expected outcome: this frame is an `error`, the stream goes on
+            outcome, message = FrameOutcome.ERROR, None
+            stream.error_log.exception("stream %s: frame %d failed", stream.name, frame.seq)
+        self._count(stream, outcome)
+        if message is not None:
+            self._broadcast(stream, message)
+
+    async def _infer(
+        self, stream: Stream, frame: Frame, max_age_s: float
+    ) -> tuple[FrameOutcome, StreamFrameMessage | None]:
+        """The frame's result message, or the outcome that explains why there is none.
+
+        Only the expected failures are mapped here; anything else (a `ServeError` that is not an
+        overload included, e.g. weights missing) propagates to `_process`.
+        """
         loop = asyncio.get_running_loop()
         try:
             backend = await self._backends.acquire(stream.backend)
@@ -264,18 +286,11 @@ class StreamManager:
                 key=stream.id,
             )
         except (DeadlineExceededError, TimeoutError):
-            self._count(stream, FrameOutcome.DROPPED_STALE)
-            return
-        except QueueFullError:
-            self._count(stream, FrameOutcome.DROPPED_OVERLOAD)
-            return
+            return FrameOutcome.DROPPED_STALE, None
+        except OverloadedError:  # QueueFullError included
+            return FrameOutcome.DROPPED_OVERLOAD, None
         except cv2.error:
-            self._count(stream, FrameOutcome.DECODE_ERROR)
-            return
-        except ServeError as exc:
-            logger.warning("stream %s: frame %d failed: %s", stream.name, frame.seq, exc.message)
-            self._count(stream, FrameOutcome.DROPPED_OVERLOAD)
-            return
+            return FrameOutcome.DECODE_ERROR, None
         now = time.monotonic()
         age_s = now - frame.captured_mono
         message = StreamFrameMessage(
@@ -292,9 +307,8 @@ class StreamManager:
             ),
         )
         stream.results_at.append(now)
-        self._count(stream, FrameOutcome.PROCESSED)
         self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
-        self._broadcast(stream, message)
+        return FrameOutcome.PROCESSED, message
 
 
 def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.streams.errorlog import ThrottledLog
 from service.streams.reader import CameraReader
 from service.streams.states import FrameOutcome, StreamState
 from service.streams.urls import redact
@@ -68,6 +69,8 @@ class Stream:
     max_fps: float
     created_at: float
     reader: CameraReader
+    error_log: ThrottledLog
+    """per-frame failures of this stream (rate-limited)"""
     clients: set[ClientQueue] = field(default_factory=set)
     outcomes: dict[FrameOutcome, int] = field(default_factory=dict)
     results_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))

@@ -106,6 +106,12 @@ class Metrics:
         self.stream_reconnects_total = Counter(
             "poseserve_stream_reconnects_total", "camera reconnections", ["stream"], registry=r
         )
+        self.stream_reader_restarts_total = Counter(
+            "poseserve_stream_reader_restarts_total",
+            "camera readers restarted by the watchdog after their thread failed",
+            ["stream"],
+            registry=r,
+        )
         self.ws_clients = Gauge("poseserve_ws_clients", "connected WebSocket clients", ["stream"], registry=r)
         self.ws_messages_dropped_total = Counter(
             "poseserve_ws_messages_dropped_total",
@@ -121,6 +127,7 @@ class Metrics:
             self.stream_result_fps,
             self.stream_result_age_seconds,
             self.stream_reconnects_total,
+            self.stream_reader_restarts_total,
             self.ws_clients,
             self.ws_messages_dropped_total,
         ):

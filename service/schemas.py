@@ -112,6 +112,7 @@ class StreamInfo(BaseModel):
     result_fps: float = Field(description="results/s sent")
     last_frame_age_s: float | None
     reconnects: int = Field(description="times the camera was lost and reconnected")
+    reader_restarts: int = Field(description="times the watchdog restarted the camera's failed reader")
     frames: dict[FrameOutcome, int] = Field(description="frames by outcome (only outcomes that occurred)")
     drops: dict[FrameOutcome, int] = Field(description="the outcomes of `frames` that lost a frame")
     reader_cpu_s: float = Field(description="CPU seconds the camera's reader (decoding) used")
@@ -131,6 +132,7 @@ class StreamInfo(BaseModel):
             result_fps=round(s.result_fps, 2),
             last_frame_age_s=None if s.last_frame_age_s is None else round(s.last_frame_age_s, 3),
             reconnects=s.reconnects,
+            reader_restarts=s.reader_restarts,
             frames=dict(s.frames),
             drops={outcome: n for outcome, n in s.frames.items() if outcome.is_drop},
             reader_cpu_s=round(s.reader_cpu_s, 3),

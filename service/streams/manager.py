@@ -7,6 +7,9 @@ batcher (key = stream id, so cameras share batches fairly) with a deadline of
 `capture + frame_max_age_ms`. At most one frame per stream is in flight, so stale frames never
 queue. Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
 boundary: whatever it raises costs that frame (`error`, logged rate-limited), never the scheduler.
+
+Housekeeping (every `housekeeping_period_s`) notices stalled cameras, publishes the fps gauges and
+runs each camera's watchdog, which restarts a reader that failed (each camera heals alone).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +42,7 @@ from service.streams.reader import CameraReader, Frame
 from service.streams.states import FrameOutcome, StreamState
 from service.streams.stream import ClientQueue, Stream
 from service.streams.urls import redact, validate_stream_url
+from service.streams.watchdog import ReaderWatchdog, RestartBackoff
 
 __all__ = ["StreamManager"]
 
@@ -58,6 +63,7 @@ class StreamManager:
         default_backend: str,
         inference_timeout_s: float,
         min_person_score: float,
+        housekeeping_period_s: float = 0.5,
         reader_factory: Callable[..., CameraReader] = CameraReader,
     ) -> None:
         """`reader_factory(url, settings, *, name, on_state, on_frame)` makes each camera's reader."""
@@ -68,6 +74,7 @@ class StreamManager:
         self._default_backend = default_backend
         self._inference_timeout_s = inference_timeout_s
         self._min_person_score = min_person_score
+        self._housekeeping_period_s = housekeeping_period_s
         self._reader_factory = reader_factory
         self._streams: dict[str, Stream] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -116,6 +123,7 @@ class StreamManager:
             on_state=lambda st: self._state_changed(stream_id, st),
             on_frame=lambda: self._frame_arrived(stream_id),
         )
+        backoff = RestartBackoff(self._settings.backoff_initial_s, self._settings.backoff_max_s, random.Random())
         stream = Stream(
             id=stream_id,
             name=name,
@@ -124,6 +132,7 @@ class StreamManager:
             max_fps=max_fps or self._settings.default_max_fps,
             created_at=time.time(),
             reader=reader,
+            watchdog=ReaderWatchdog(reader, backoff),
             error_log=ThrottledLog(logger, ERROR_LOG_INTERVAL_S),
         )
         self._streams[stream_id] = stream
@@ -195,31 +204,42 @@ class StreamManager:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        if stream.reader.state == StreamState.RECONNECTING and stream.reader.reconnects:
-            self._metrics.stream_reconnects_total.labels(stream=stream.name).inc()
+        self._count_reconnects(stream)
         self._publish_state_metric(stream)
         self._broadcast(stream, StreamStateEvent(stream_id=stream.id, state=stream.state))
+
+    def _count_reconnects(self, stream: Stream) -> None:
+        """`stream_reconnects_total` follows the reader's own count (the REST `reconnects`)."""
+        new = stream.reader.reconnects - stream.reconnects_counted
+        if new > 0:
+            stream.reconnects_counted += new
+            self._metrics.stream_reconnects_total.labels(stream=stream.name).inc(new)
 
     def _publish_state_metric(self, stream: Stream) -> None:
         for state in StreamState:
             self._metrics.stream_state.labels(stream=stream.name, state=state).set(float(state == stream.state))
 
-    async def _housekeep(self, period_s: float = 0.5) -> None:
-        """Stall detection (no frame within the read timeout) and the fps gauges."""
-        stall_s = self._settings.read_timeout_ms / 1000.0
+    async def _housekeep(self) -> None:
         while True:
-            await asyncio.sleep(period_s)
-            now = time.monotonic()
-            for stream in list(self._streams.values()):
-                age_s = now - (stream.reader.last_frame_mono or now)
-                stalled = stream.reader.state == StreamState.LIVE and age_s > stall_s
-                if stalled != stream.stalled:
-                    stream.stalled = stalled
-                    if stalled:
-                        logger.warning("camera %s: no frame for %.1f s (stalled)", stream.name, age_s)
-                    self._on_state(stream.id)
-                self._metrics.stream_input_fps.labels(stream=stream.name).set(stream.reader.input_fps())
-                self._metrics.stream_result_fps.labels(stream=stream.name).set(stream.result_fps())
+            await asyncio.sleep(self._housekeeping_period_s)
+            self._housekeep_once(time.monotonic())
+
+    def _housekeep_once(self, now_mono: float) -> None:
+        """Stall detection (no frame within the read timeout), counters, fps gauges, each reader's watchdog."""
+        stall_s = self._settings.read_timeout_ms / 1000.0
+        for stream in list(self._streams.values()):
+            age_s = now_mono - (stream.reader.last_frame_mono or now_mono)
+            stalled = stream.reader.state == StreamState.LIVE and age_s > stall_s
+            if stalled != stream.stalled:
+                stream.stalled = stalled
+                if stalled:
+                    logger.warning("camera %s: no frame for %.1f s (stalled)", stream.name, age_s)
+                self._on_state(stream.id)
+            self._count_reconnects(stream)
+            if stream.watchdog.check(now_mono):
+                self._metrics.stream_reader_restarts_total.labels(stream=stream.name).inc()
+            self._metrics.stream_input_fps.labels(stream=stream.name).set(stream.reader.input_fps())
+            self._metrics.stream_result_fps.labels(stream=stream.name).set(stream.result_fps())
 
     async def _schedule(self, stream: Stream) -> None:
         """Submit the newest frame whenever one arrives, the stream's slot is free and `max_fps` allows.

@@ -12,6 +12,7 @@ from service.streams.errorlog import ThrottledLog
 from service.streams.reader import CameraReader
 from service.streams.states import FrameOutcome, StreamState
 from service.streams.urls import redact
+from service.streams.watchdog import ReaderWatchdog
 
 __all__ = ["ClientQueue", "Stream", "StreamSnapshot"]
 
@@ -55,6 +56,7 @@ class StreamSnapshot:
     result_fps: float
     last_frame_age_s: float | None
     reconnects: int
+    reader_restarts: int
     frames: dict[FrameOutcome, int]
     reader_cpu_s: float
     ws_clients: int
@@ -69,12 +71,15 @@ class Stream:
     max_fps: float
     created_at: float
     reader: CameraReader
+    watchdog: ReaderWatchdog
     error_log: ThrottledLog
     """per-frame failures of this stream (rate-limited)"""
     clients: set[ClientQueue] = field(default_factory=set)
     outcomes: dict[FrameOutcome, int] = field(default_factory=dict)
     results_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     last_seq: int = 0
+    reconnects_counted: int = 0
+    """reader reconnects already added to the `stream_reconnects_total` counter"""
     stalled: bool = False
     task: asyncio.Task[None] | None = None
     new_frame: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,6 +109,7 @@ class Stream:
             result_fps=self.result_fps(),
             last_frame_age_s=None if last is None else time.monotonic() - last,
             reconnects=self.reader.reconnects,
+            reader_restarts=self.watchdog.restarts,
             frames=dict(self.outcomes),
             reader_cpu_s=self.reader.cpu_s,
             ws_clients=len(self.clients),

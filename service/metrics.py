@@ -10,10 +10,9 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["FRAME_OUTCOMES", "STREAM_STATES", "Metrics"]
+from service.streams.states import FrameOutcome, StreamState
 
-FRAME_OUTCOMES = ("processed", "dropped_stale", "dropped_overload", "decode_error", "skipped")
-STREAM_STATES = ("connecting", "live", "reconnecting", "failed", "stopped")
+__all__ = ["Metrics"]
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -86,7 +85,7 @@ class Metrics:
         # camera streams (label `stream` = the stream's name; bounded by streams.max_streams)
         self.stream_frames_total = Counter(
             "poseserve_stream_frames_total",
-            "camera frames by outcome (one of FRAME_OUTCOMES)",
+            "camera frames by outcome (one of streams.states.FrameOutcome)",
             ["stream", "outcome"],
             registry=r,
         )
@@ -107,6 +106,12 @@ class Metrics:
         self.stream_reconnects_total = Counter(
             "poseserve_stream_reconnects_total", "camera reconnections", ["stream"], registry=r
         )
+        self.stream_reader_restarts_total = Counter(
+            "poseserve_stream_reader_restarts_total",
+            "camera readers restarted by the watchdog after their thread failed",
+            ["stream"],
+            registry=r,
+        )
         self.ws_clients = Gauge("poseserve_ws_clients", "connected WebSocket clients", ["stream"], registry=r)
         self.ws_messages_dropped_total = Counter(
             "poseserve_ws_messages_dropped_total",
@@ -122,14 +127,15 @@ class Metrics:
             self.stream_result_fps,
             self.stream_result_age_seconds,
             self.stream_reconnects_total,
+            self.stream_reader_restarts_total,
             self.ws_clients,
             self.ws_messages_dropped_total,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(stream)
         for metric, values in (
-            (self.stream_frames_total, FRAME_OUTCOMES),
-            (self.stream_state, STREAM_STATES),
+            (self.stream_frames_total, tuple(FrameOutcome)),
+            (self.stream_state, tuple(StreamState)),
         ):
             for value in values:
                 with contextlib.suppress(KeyError):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from models.persons import Persons
+from service.streams.states import FrameOutcome, StreamState
+
+if TYPE_CHECKING:
+    from service.streams.stream import StreamSnapshot
 
 __all__ = [
     "BackendInfo",
@@ -17,7 +21,10 @@ __all__ = [
     "Person",
     "PoseResponse",
     "StreamCreate",
+    "StreamFrameMessage",
     "StreamInfo",
+    "StreamLatency",
+    "StreamStateEvent",
     "Timing",
     "persons_json",
 ]
@@ -92,18 +99,68 @@ class StreamCreate(BaseModel):
 
 
 class StreamInfo(BaseModel):
+    """A stream as `/v1/streams` shows it."""
+
     id: str
     name: str
-    url: str
+    url: str = Field(description="the camera URL with any credentials redacted")
     backend: str
     max_fps: float
-    state: str
-    created_at: float
-    input_fps: float
-    result_fps: float
+    state: StreamState
+    created_at: float = Field(description="Unix time (s) of the subscription")
+    input_fps: float = Field(description="frames/s read from the camera")
+    result_fps: float = Field(description="results/s sent")
     last_frame_age_s: float | None
-    reconnects: int
-    frames: dict[str, int]
-    drops: dict[str, int]
-    reader_cpu_s: float
+    reconnects: int = Field(description="times the camera was lost and reconnected")
+    reader_restarts: int = Field(description="times the watchdog restarted the camera's failed reader")
+    frames: dict[FrameOutcome, int] = Field(description="frames by outcome (only outcomes that occurred)")
+    drops: dict[FrameOutcome, int] = Field(description="the outcomes of `frames` that lost a frame")
+    reader_cpu_s: float = Field(description="CPU seconds the camera's reader (decoding) used")
     ws_clients: int
+
+    @classmethod
+    def from_snapshot(cls, s: StreamSnapshot) -> StreamInfo:
+        return cls(
+            id=s.id,
+            name=s.name,
+            url=s.url_redacted,
+            backend=s.backend,
+            max_fps=s.max_fps,
+            state=s.state,
+            created_at=s.created_at,
+            input_fps=round(s.input_fps, 2),
+            result_fps=round(s.result_fps, 2),
+            last_frame_age_s=None if s.last_frame_age_s is None else round(s.last_frame_age_s, 3),
+            reconnects=s.reconnects,
+            reader_restarts=s.reader_restarts,
+            frames=dict(s.frames),
+            drops={outcome: n for outcome, n in s.frames.items() if outcome.is_drop},
+            reader_cpu_s=round(s.reader_cpu_s, 3),
+            ws_clients=s.ws_clients,
+        )
+
+
+class StreamLatency(BaseModel):
+    capture_to_result: float = Field(description="ms from the frame's capture to its result")
+    queue: float = Field(description="ms waiting for a batch")
+    inference: float = Field(description="ms the batch spent in the model")
+
+
+class StreamFrameMessage(BaseModel):
+    """WebSocket `/v1/streams/{id}/ws`: one message per processed frame."""
+
+    stream_id: str
+    seq: int = Field(description="the frame's number in the stream (gaps: frames not processed)")
+    untrained: bool = False
+    captured_at: float = Field(description="Unix time (s) the frame was read")
+    image: ImageSize
+    persons: list[Person]
+    latency_ms: StreamLatency
+
+
+class StreamStateEvent(BaseModel):
+    """WebSocket `/v1/streams/{id}/ws`: the stream's state, on connect and on every change."""
+
+    event: Literal["state"] = "state"
+    stream_id: str
+    state: StreamState

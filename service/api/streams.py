@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -16,7 +15,7 @@ from starlette.websockets import WebSocketState
 from service.api.deps import Services, require_key, services, websocket_key_ok
 from service.errors import UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
-from service.streams.manager import ClientQueue
+from service.streams.stream import ClientQueue
 
 __all__ = ["router", "ws_router"]
 
@@ -28,19 +27,19 @@ _CLOSE_NOT_FOUND = 4404
 
 
 @router.post("", status_code=201, response_model=StreamInfo)
-async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> dict[str, Any]:
+async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> StreamInfo:
     stream = await svc.streams.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
-    return stream.describe()
+    return StreamInfo.from_snapshot(stream.snapshot())
 
 
 @router.get("", response_model=list[StreamInfo])
-async def list_streams(svc: Services = Depends(services)) -> list[dict[str, Any]]:
-    return [s.describe() for s in svc.streams.list()]
+async def list_streams(svc: Services = Depends(services)) -> list[StreamInfo]:
+    return [StreamInfo.from_snapshot(s.snapshot()) for s in svc.streams.list()]
 
 
 @router.get("/{stream_id}", response_model=StreamInfo)
-async def get_stream(stream_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
-    return svc.streams.get(stream_id).describe()
+async def get_stream(stream_id: str, svc: Services = Depends(services)) -> StreamInfo:
+    return StreamInfo.from_snapshot(svc.streams.get(stream_id).snapshot())
 
 
 @router.delete("/{stream_id}", status_code=204)

@@ -5,116 +5,51 @@ the scheduler takes the newest frame once the stream's single in-flight slot is 
 `1 / max_fps` has passed since the last submission, and submits it into the backend's shared
 batcher (key = stream id, so cameras share batches fairly) with a deadline of
 `capture + frame_max_age_ms`. At most one frame per stream is in flight, so stale frames never
-queue. Every frame gets exactly one outcome: processed, dropped_stale, dropped_overload,
-decode_error, or skipped (superseded by a newer frame before any slot was free).
+queue. Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
+boundary: whatever it raises costs that frame (`error`, logged rate-limited), never the scheduler.
+
+Housekeeping (every `housekeeping_period_s`) notices stalled cameras, publishes the fps gauges and
+runs each camera's watchdog, which restarts a reader that failed (each camera heals alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
+from pydantic import BaseModel
 
 from service.backends import BackendManager, LoadedBackend, Prepared
 from service.config import StreamSettings
 from service.errors import (
     DeadlineExceededError,
     DuplicateStreamError,
-    QueueFullError,
-    ServeError,
+    OverloadedError,
     StreamLimitError,
     UnknownStreamError,
 )
-from service.metrics import STREAM_STATES, Metrics
-from service.schemas import persons_json
-from service.streams.reader import CameraReader, Frame, StreamState
+from service.metrics import Metrics
+from service.schemas import ImageSize, Person, StreamFrameMessage, StreamLatency, StreamStateEvent, persons_json
+from service.streams.errorlog import ThrottledLog
+from service.streams.reader import CameraReader, Frame
+from service.streams.states import FrameOutcome, StreamState
+from service.streams.stream import ClientQueue, Stream
 from service.streams.urls import redact, validate_stream_url
+from service.streams.watchdog import ReaderWatchdog, RestartBackoff
 
-__all__ = ["ClientQueue", "Stream", "StreamManager"]
+__all__ = ["StreamManager"]
 
 logger = logging.getLogger(__name__)
 
-
-class ClientQueue:
-    """A bounded per-client message queue: when full, the oldest message is dropped and counted."""
-
-    def __init__(self, maxsize: int, on_drop: Callable[[], None]) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
-        self._on_drop = on_drop
-        self.dropped = 0
-
-    def put(self, message: str | None) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-            self._on_drop()
-        self._queue.put_nowait(message)
-
-    def close(self) -> None:
-        """No more messages: `get` returns None once the queued ones are consumed."""
-        self.put(None)
-
-    async def get(self) -> str | None:
-        return await self._queue.get()
-
-
-@dataclass(eq=False)
-class Stream:
-    id: str
-    name: str
-    url: str
-    backend: str
-    max_fps: float
-    created_at: float
-    reader: CameraReader
-    clients: set[ClientQueue] = field(default_factory=set)
-    outcomes: dict[str, int] = field(default_factory=dict)
-    results_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    last_seq: int = 0
-    stalled: bool = False
-    task: asyncio.Task[None] | None = None
-    new_frame: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def state(self) -> StreamState:
-        if self.stalled and self.reader.state == StreamState.LIVE:
-            return StreamState.RECONNECTING
-        return self.reader.state
-
-    def result_fps(self, window_s: float = 2.0) -> float:
-        now = time.monotonic()
-        recent = [t for t in self.results_at if now - t <= window_s]
-        return 0.0 if len(recent) < 2 else (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
-
-    def describe(self) -> dict[str, Any]:
-        last = self.reader.last_frame_mono
-        return {
-            "id": self.id,
-            "name": self.name,
-            "url": redact(self.url),
-            "backend": self.backend,
-            "max_fps": self.max_fps,
-            "state": self.state.value,
-            "created_at": self.created_at,
-            "input_fps": round(self.reader.input_fps(), 2),
-            "result_fps": round(self.result_fps(), 2),
-            "last_frame_age_s": None if last is None else round(time.monotonic() - last, 3),
-            "reconnects": self.reader.reconnects,
-            "frames": dict(self.outcomes),
-            "drops": {k: v for k, v in self.outcomes.items() if k.startswith("dropped") or k == "decode_error"},
-            "reader_cpu_s": round(self.reader.cpu_s, 3),
-            "ws_clients": len(self.clients),
-        }
+ERROR_LOG_INTERVAL_S = 30.0
+"""per stream: at most one logged frame failure per interval (the rest are counted in the next line)"""
 
 
 class StreamManager:
@@ -128,7 +63,10 @@ class StreamManager:
         default_backend: str,
         inference_timeout_s: float,
         min_person_score: float,
+        housekeeping_period_s: float = 0.5,
+        reader_factory: Callable[..., CameraReader] = CameraReader,
     ) -> None:
+        """`reader_factory(url, settings, *, name, on_state, on_frame)` makes each camera's reader."""
         self._settings = settings
         self._backends = backends
         self._metrics = metrics
@@ -136,6 +74,8 @@ class StreamManager:
         self._default_backend = default_backend
         self._inference_timeout_s = inference_timeout_s
         self._min_person_score = min_person_score
+        self._housekeeping_period_s = housekeeping_period_s
+        self._reader_factory = reader_factory
         self._streams: dict[str, Stream] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,13 +116,14 @@ class StreamManager:
         if any(s.name == name for s in self._streams.values()):
             raise DuplicateStreamError(f"a stream named {name!r} exists already")
         await self._backends.acquire(backend_name)  # WeightsMissingError
-        reader = CameraReader(
+        reader = self._reader_factory(
             url,
             self._settings,
             name=name,
             on_state=lambda st: self._state_changed(stream_id, st),
             on_frame=lambda: self._frame_arrived(stream_id),
         )
+        backoff = RestartBackoff(self._settings.backoff_initial_s, self._settings.backoff_max_s, random.Random())
         stream = Stream(
             id=stream_id,
             name=name,
@@ -191,6 +132,8 @@ class StreamManager:
             max_fps=max_fps or self._settings.default_max_fps,
             created_at=time.time(),
             reader=reader,
+            watchdog=ReaderWatchdog(reader, backoff),
+            error_log=ThrottledLog(logger, ERROR_LOG_INTERVAL_S),
         )
         self._streams[stream_id] = stream
         self._publish_state_metric(stream)
@@ -208,7 +151,7 @@ class StreamManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream.task
         await asyncio.get_running_loop().run_in_executor(None, stream.reader.stop)
-        message = json.dumps({"event": "state", "stream_id": stream.id, "state": StreamState.STOPPED.value})
+        message = StreamStateEvent(stream_id=stream.id, state=StreamState.STOPPED).model_dump_json()
         for client in stream.clients:
             client.put(message)
             client.close()
@@ -223,7 +166,7 @@ class StreamManager:
             on_drop=lambda: self._metrics.ws_messages_dropped_total.labels(stream=stream.name).inc(),
         )
         stream.clients.add(client)
-        client.put(json.dumps({"event": "state", "stream_id": stream.id, "state": stream.state.value}))
+        client.put(StreamStateEvent(stream_id=stream.id, state=stream.state).model_dump_json())
         self._metrics.ws_clients.labels(stream=stream.name).set(len(stream.clients))
         return client
 
@@ -234,16 +177,16 @@ class StreamManager:
             self._metrics.ws_clients.labels(stream=stream.name).set(len(stream.clients))
 
     # -- internals ---------------------------------------------------------------------------------
-    def _count(self, stream: Stream, outcome: str, n: int = 1) -> None:
+    def _count(self, stream: Stream, outcome: FrameOutcome, n: int = 1) -> None:
         if n <= 0:
             return
         stream.outcomes[outcome] = stream.outcomes.get(outcome, 0) + n
         self._metrics.stream_frames_total.labels(stream=stream.name, outcome=outcome).inc(n)
 
-    def _broadcast(self, stream: Stream, payload: dict[str, Any]) -> None:
-        message = json.dumps(payload, separators=(",", ":"))
+    def _broadcast(self, stream: Stream, message: BaseModel) -> None:
+        text = message.model_dump_json()
         for client in stream.clients:
-            client.put(message)
+            client.put(text)
 
     def _state_changed(self, stream_id: str, state: StreamState) -> None:
         """Called from a reader thread."""
@@ -261,31 +204,42 @@ class StreamManager:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        if stream.reader.state == StreamState.RECONNECTING and stream.reader.reconnects:
-            self._metrics.stream_reconnects_total.labels(stream=stream.name).inc()
+        self._count_reconnects(stream)
         self._publish_state_metric(stream)
-        self._broadcast(stream, {"event": "state", "stream_id": stream.id, "state": stream.state.value})
+        self._broadcast(stream, StreamStateEvent(stream_id=stream.id, state=stream.state))
+
+    def _count_reconnects(self, stream: Stream) -> None:
+        """`stream_reconnects_total` follows the reader's own count (the REST `reconnects`)."""
+        new = stream.reader.reconnects - stream.reconnects_counted
+        if new > 0:
+            stream.reconnects_counted += new
+            self._metrics.stream_reconnects_total.labels(stream=stream.name).inc(new)
 
     def _publish_state_metric(self, stream: Stream) -> None:
-        for state in STREAM_STATES:
+        for state in StreamState:
             self._metrics.stream_state.labels(stream=stream.name, state=state).set(float(state == stream.state))
 
-    async def _housekeep(self, period_s: float = 0.5) -> None:
-        """Stall detection (no frame within the read timeout) and the fps gauges."""
-        stall_s = self._settings.read_timeout_ms / 1000.0
+    async def _housekeep(self) -> None:
         while True:
-            await asyncio.sleep(period_s)
-            now = time.monotonic()
-            for stream in list(self._streams.values()):
-                age_s = now - (stream.reader.last_frame_mono or now)
-                stalled = stream.reader.state == StreamState.LIVE and age_s > stall_s
-                if stalled != stream.stalled:
-                    stream.stalled = stalled
-                    if stalled:
-                        logger.warning("camera %s: no frame for %.1f s (stalled)", stream.name, age_s)
-                    self._on_state(stream.id)
-                self._metrics.stream_input_fps.labels(stream=stream.name).set(stream.reader.input_fps())
-                self._metrics.stream_result_fps.labels(stream=stream.name).set(stream.result_fps())
+            await asyncio.sleep(self._housekeeping_period_s)
+            self._housekeep_once(time.monotonic())
+
+    def _housekeep_once(self, now_mono: float) -> None:
+        """Stall detection (no frame within the read timeout), counters, fps gauges, each reader's watchdog."""
+        stall_s = self._settings.read_timeout_ms / 1000.0
+        for stream in list(self._streams.values()):
+            age_s = now_mono - (stream.reader.last_frame_mono or now_mono)
+            stalled = stream.reader.state == StreamState.LIVE and age_s > stall_s
+            if stalled != stream.stalled:
+                stream.stalled = stalled
+                if stalled:
+                    logger.warning("camera %s: no frame for %.1f s (stalled)", stream.name, age_s)
+                self._on_state(stream.id)
+            self._count_reconnects(stream)
+            if stream.watchdog.check(now_mono):
+                self._metrics.stream_reader_restarts_total.labels(stream=stream.name).inc()
+            self._metrics.stream_input_fps.labels(stream=stream.name).set(stream.reader.input_fps())
+            self._metrics.stream_result_fps.labels(stream=stream.name).set(stream.result_fps())
 
     async def _schedule(self, stream: Stream) -> None:
         """Submit the newest frame whenever one arrives, the stream's slot is free and `max_fps` allows.
@@ -310,10 +264,11 @@ class StreamManager:
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
                     continue
-                self._count(stream, "dropped_overload" if busy else "skipped", frame.seq - stream.last_seq - 1)
+                superseded = FrameOutcome.DROPPED_OVERLOAD if busy else FrameOutcome.SKIPPED
+                self._count(stream, superseded, frame.seq - stream.last_seq - 1)
                 stream.last_seq = frame.seq
                 if time.monotonic() - frame.captured_mono > max_age_s:
-                    self._count(stream, "dropped_stale")
+                    self._count(stream, FrameOutcome.DROPPED_STALE)
                     continue
                 next_allowed = loop.time() + period_s
                 in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
@@ -322,6 +277,24 @@ class StreamManager:
                 in_flight.cancel()
 
     async def _process(self, stream: Stream, frame: Frame, max_age_s: float) -> None:
+        """One frame, start to end: exactly one outcome, whatever happens (the scheduler's boundary)."""
+        try:
+            outcome, message = await self._infer(stream, frame, max_age_s)
+        except Exception:  # not an expected outcome: this frame is an `error`, the stream goes on
+            outcome, message = FrameOutcome.ERROR, None
+            stream.error_log.exception("stream %s: frame %d failed", stream.name, frame.seq)
+        self._count(stream, outcome)
+        if message is not None:
+            self._broadcast(stream, message)
+
+    async def _infer(
+        self, stream: Stream, frame: Frame, max_age_s: float
+    ) -> tuple[FrameOutcome, StreamFrameMessage | None]:
+        """The frame's result message, or the outcome that explains why there is none.
+
+        Only the expected failures are mapped here; anything else (a `ServeError` that is not an
+        overload included, e.g. weights missing) propagates to `_process`.
+        """
         loop = asyncio.get_running_loop()
         try:
             backend = await self._backends.acquire(stream.backend)
@@ -333,39 +306,29 @@ class StreamManager:
                 key=stream.id,
             )
         except (DeadlineExceededError, TimeoutError):
-            self._count(stream, "dropped_stale")
-            return
-        except QueueFullError:
-            self._count(stream, "dropped_overload")
-            return
+            return FrameOutcome.DROPPED_STALE, None
+        except OverloadedError:  # QueueFullError included
+            return FrameOutcome.DROPPED_OVERLOAD, None
         except cv2.error:
-            self._count(stream, "decode_error")
-            return
-        except ServeError as exc:
-            logger.warning("stream %s: frame %d failed: %s", stream.name, frame.seq, exc.message)
-            self._count(stream, "dropped_overload")
-            return
+            return FrameOutcome.DECODE_ERROR, None
         now = time.monotonic()
         age_s = now - frame.captured_mono
-        stream.results_at.append(now)
-        self._count(stream, "processed")
-        self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
-        self._broadcast(
-            stream,
-            {
-                "stream_id": stream.id,
-                "seq": frame.seq,
-                "untrained": backend.untrained,
-                "captured_at": frame.captured_at_ns / 1e9,
-                "image": {"width": int(frame.image_bgr.shape[1]), "height": int(frame.image_bgr.shape[0])},
-                "persons": persons_json(result.value.above(self._min_person_score)),
-                "latency_ms": {
-                    "capture_to_result": round(age_s * 1000, 2),
-                    "queue": round(result.queue_s * 1000, 2),
-                    "inference": round(result.inference_s * 1000, 2),
-                },
-            },
+        message = StreamFrameMessage(
+            stream_id=stream.id,
+            seq=frame.seq,
+            untrained=backend.untrained,
+            captured_at=frame.captured_at_ns / 1e9,
+            image=ImageSize(width=int(frame.image_bgr.shape[1]), height=int(frame.image_bgr.shape[0])),
+            persons=[Person(**p) for p in persons_json(result.value.above(self._min_person_score))],
+            latency_ms=StreamLatency(
+                capture_to_result=round(age_s * 1000, 2),
+                queue=round(result.queue_s * 1000, 2),
+                inference=round(result.inference_s * 1000, 2),
+            ),
         )
+        stream.results_at.append(now)
+        self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
+        return FrameOutcome.PROCESSED, message
 
 
 def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:

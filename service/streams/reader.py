@@ -1,14 +1,16 @@
 """One reader thread per camera: open with timeouts, keep only the newest frame, reconnect.
 
 Each camera fails alone: a camera that never connects just keeps backing off (exponential, with
-jitter) in its own thread. OpenCV ignores timeouts set after opening, so they are passed at
-creation (`CAP_PROP_OPEN_TIMEOUT_MSEC`, `CAP_PROP_READ_TIMEOUT_MSEC`); a stalled server then makes
+jitter) in its own thread. Only an unexpected error ends the thread (state `failed`); the stream
+manager's watchdog then calls `restart()` (see `streams/watchdog.py`).
+
+OpenCV ignores timeouts set after opening, so they are passed at creation
+(`CAP_PROP_OPEN_TIMEOUT_MSEC`, `CAP_PROP_READ_TIMEOUT_MSEC`); a stalled server then makes
 `read()` fail within the read timeout instead of blocking for 30 s.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import threading
@@ -22,18 +24,11 @@ import cv2
 import numpy as np
 
 from service.config import StreamSettings
+from service.streams.states import StreamState
 
-__all__ = ["CameraReader", "Capture", "Frame", "StreamState", "open_opencv"]
+__all__ = ["CameraReader", "Capture", "Frame", "open_opencv"]
 
 logger = logging.getLogger(__name__)
-
-
-class StreamState(enum.StrEnum):
-    CONNECTING = "connecting"
-    LIVE = "live"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -127,12 +122,29 @@ class CameraReader:
         self.reconnects = 0
         self.cpu_s = 0.0
         self._cpu_start = 0.0
+        self._cpu_before_s = 0.0
         self.last_frame_mono: float | None = None
+        self.started_mono: float | None = None
+        """when the current thread started (monotonic s)"""
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
 
     # -- public --------------------------------------------------------------------------------
     def start(self) -> None:
+        self.started_mono = time.monotonic()
         self._thread.start()
+
+    def restart(self, join_timeout_s: float = 5.0) -> bool:
+        """Run a fresh thread after the previous one ended (`failed`); frame numbers continue.
+
+        False, and nothing started, when the reader was stopped, never started, or its thread still runs.
+        """
+        if self._stop.is_set() or self._thread.ident is None or self._thread.is_alive():
+            return False
+        self._thread.join(join_timeout_s)  # it has ended: this only reaps it
+        self._thread = threading.Thread(target=self._run, name=self._thread.name, daemon=True)
+        self._set_state(StreamState.RECONNECTING if self.frames_read else StreamState.CONNECTING)
+        self.start()
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the thread to stop; a read blocked in FFmpeg returns within the read timeout."""
@@ -173,6 +185,7 @@ class CameraReader:
         return base * self._rng.uniform(0.8, 1.2)
 
     def _run(self) -> None:
+        self._cpu_before_s = self.cpu_s  # earlier threads of this reader (restarts)
         self._cpu_start = time.thread_time()
         try:
             self._loop()
@@ -199,7 +212,7 @@ class CameraReader:
             self._set_state(StreamState.RECONNECTING if self.frames_read else StreamState.CONNECTING)
             self._stop.wait(self._backoff_s(attempt))
             attempt += 1
-            self.cpu_s = time.thread_time() - self._cpu_start
+            self.cpu_s = self._cpu_before_s + time.thread_time() - self._cpu_start
 
     def _read_until_failure(self, cap: Capture) -> bool:
         """Read until the camera fails or stalls; True when at least one frame arrived.
@@ -223,7 +236,7 @@ class CameraReader:
                 self._latest = Frame(self._seq, image, time.time_ns(), now)
                 self._arrivals.append(now)
             self.last_frame_mono = now
-            self.cpu_s = time.thread_time() - self._cpu_start
+            self.cpu_s = self._cpu_before_s + time.thread_time() - self._cpu_start
             got_frame = True
             self._set_state(StreamState.LIVE)
             self._on_frame()

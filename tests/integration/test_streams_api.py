@@ -70,6 +70,11 @@ def test_limits_duplicates_and_lifecycle(model_dir: Path) -> None:
     created = out["first"].json()
     assert created["name"] == "door" and created["backend"] == "movenet-multipose"
     assert created["state"] == "connecting"
+    assert set(created) == {
+        "id", "name", "url", "backend", "max_fps", "state", "created_at", "input_fps", "result_fps",
+        "last_frame_age_s", "reconnects", "reader_restarts", "frames", "drops", "reader_cpu_s", "ws_clients",
+    }  # fmt: skip
+    assert created["reconnects"] == 0 and created["reader_restarts"] == 0 and created["frames"] == {}
     assert out["duplicate"].status_code == 409 and out["duplicate"].json()["error"]["code"] == "duplicate_stream"
     assert out["second"].status_code == 201
     assert out["third"].status_code == 409 and out["third"].json()["error"]["code"] == "too_many_streams"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.config import StreamSettings
-from service.streams.reader import CameraReader, StreamState
+from service.streams.reader import CameraReader
+from service.streams.states import StreamState
 
 pytestmark = pytest.mark.unit
 
@@ -94,3 +95,29 @@ def test_stalled_read_counts_as_lost() -> None:
     wait_until(lambda: reader.reconnects >= 1)
     reader.stop()
     assert reader.frames_read >= 3
+
+
+def test_a_failed_reader_restarts_in_a_new_thread_and_its_frame_numbers_continue() -> None:
+    class Crashing(FakeCapture):
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            if self.index == 5:
+                raise RuntimeError("decoder bug")  # unexpected: ends the reader's thread
+            return super().read()
+
+    states: list[StreamState] = []
+    open_capture = lambda u, s: Crashing(frames=100)  # noqa: E731
+    reader = CameraReader("rtsp://x", FAST, name="crash", open_capture=open_capture, on_state=states.append)
+    assert not reader.restart(), "never started: nothing to restart"
+    reader.start()
+    wait_until(lambda: reader.state == StreamState.FAILED and not reader.alive)
+    first = reader.latest()
+    assert first is not None and first.seq == 5 and reader.frames_read == 5
+    assert reader.restart()
+    assert not reader.restart(), "its thread runs: no second one"
+    wait_until(lambda: reader.frames_read >= 10 and reader.state == StreamState.FAILED and not reader.alive)
+    second = reader.latest()
+    reader.stop()
+    assert second is not None and second.seq == 10, "frame numbers continue after a restart"
+    assert states == [StreamState.LIVE, StreamState.FAILED, StreamState.RECONNECTING, StreamState.LIVE,
+                      StreamState.FAILED, StreamState.STOPPED]  # fmt: skip
+    assert not reader.restart(), "a stopped reader stays stopped"

@@ -88,7 +88,7 @@ class FakeBackend:
     an `asyncio.Event` = answer once it is set (the slot stays busy meanwhile)."""
 
     script: deque[BaseException | asyncio.Event | None] = field(default_factory=deque)
-    card: dict[str, Any] = field(default_factory=dict)
+    untrained: bool = False
     calls: int = 0
 
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:

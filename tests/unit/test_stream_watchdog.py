@@ -126,7 +126,7 @@ def test_a_stopped_reader_is_never_restarted() -> None:
 
 
 class NoPersonsBackend:
-    card: ClassVar[dict[str, Any]] = {}
+    untrained: ClassVar[bool] = False
 
     def spec(self, name: str) -> None:
         return None

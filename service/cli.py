@@ -13,6 +13,7 @@ import typer
 
 from models.errors import PullError
 from models.weights import WeightsStore
+from service.auth import RedactKeys, split_env_entry
 from service.bench import bench_http, bench_model, format_table, write_json
 from service.config import Settings
 from service.spawn import spawned_server
@@ -62,13 +63,15 @@ def serve(
     # parallel loops would only compete with ONNX Runtime's threads for the same cores.
     cv2.setNumThreads(1)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, reload_keys_on_sighup=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    for name in ("uvicorn.error", "uvicorn.access"):  # WebSocket paths with ?token=KEY, debug: headers
+        logging.getLogger(name).addFilter(RedactKeys())
     # Our own listening socket, so accepted connections inherit a bounded kernel send buffer:
     # a WebSocket client that stops reading then backs up into our bounded queues within
     # ~100 KB instead of megabytes of autotuned kernel buffer per connection.
@@ -200,7 +203,8 @@ def bench_http_cmd(
     """Served latency (p50/p99) and throughput of POST /v1/pose under closed-loop load."""
     settings = _settings()
     content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
-    api_key = settings.api_keys[0] if settings.api_keys else None
+    entries = (split_env_entry(entry.get_secret_value()) for entry in settings.api_keys)
+    api_key = next((key for key, scopes in entries if "pose" in scopes), None)
     with contextlib.ExitStack() as stack:
         base = url or stack.enter_context(spawned_server({"POSESERVE_LOG_LEVEL": "warning"}))[0]
         rows = bench_http(

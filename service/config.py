@@ -2,7 +2,7 @@
 
 Environment variables use the prefix `POSESERVE_` and `__` between nested fields, e.g.
 `POSESERVE_BATCHING__MAX_BATCH=16`, `POSESERVE_BACKENDS='{"movenet-multipose": {"workers": 2}}'`,
-`POSESERVE_API_KEYS=key1,key2`. Nothing else in the project reads the environment.
+`POSESERVE_API_KEYS=key1,key2:pose`. Nothing else in the project reads the environment.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.registry import DETECTORS
 from models.weights import DEFAULT_MODEL_DIR
+from service.auth import parse_rate
 
-__all__ = ["BackendSettings", "Provider", "Settings", "StreamSettings", "TopDownSettings"]
+__all__ = ["AuthSettings", "BackendSettings", "Provider", "Settings", "StreamSettings", "TopDownSettings"]
 
 Provider = Literal["tensorrt", "cuda", "cpu"]
 
@@ -89,6 +90,25 @@ class TopDownSettings(BaseModel):
         return value
 
 
+class AuthSettings(BaseModel):
+    """What API keys guard besides /v1, and the rate limit of keys that set none (keys: `api_keys`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protect_health: bool = Field(False, description="/healthz and /readyz need a valid key (any scope)")
+    protect_metrics: bool = Field(False, description="/metrics needs a valid key (any scope)")
+    default_rate: str | None = Field(
+        None, description="rate limit of keys without rate=, e.g. '20/s', '600/min'; None = unlimited"
+    )
+
+    @field_validator("default_rate")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSESERVE_", env_nested_delimiter="__", extra="forbid")
 
@@ -120,7 +140,11 @@ class Settings(BaseSettings):
     streams: StreamSettings = StreamSettings()
     topdown: TopDownSettings = TopDownSettings()
 
-    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="comma list of KEY (every scope) or KEY:pose+streams; checked by service.auth"
+    )
+    api_key_file: Path | None = Field(None, description="one key per line with scopes/rate/name; reread on SIGHUP")
+    auth: AuthSettings = AuthSettings()
     redis_url: str | None = None
 
     @field_validator("preload", "api_keys", mode="before")

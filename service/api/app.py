@@ -7,6 +7,7 @@ on the backends' worker threads, and every await on a result has a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.weights import WeightsStore
 from service.api import pose, streams
-from service.api.deps import STATUS, Services, Unauthorized, error_response
+from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
+from service.api.deps import STATUS, AuthRefusal, Services, error_response
+from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
 from service.errors import OverloadedError, ServeError
@@ -36,13 +39,17 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 504)
 }
 
 
-def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI:
-    """Build the app; models load, workers and streams start in its lifespan."""
+def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_keys_on_sighup: bool = False) -> FastAPI:
+    """Build the app; models load, workers and streams start in its lifespan.
+
+    `reload_keys_on_sighup` (the server process): SIGHUP rereads the API key file while it runs.
+    """
     metrics = metrics or Metrics()
+    keyring = Keyring.from_settings(settings)  # a malformed key entry or key file fails here
     backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
     stream_manager = StreamManager(
@@ -54,7 +61,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         inference_timeout_s=settings.request_timeout_s,
         min_person_score=settings.min_person_score,
     )
-    svc = Services(settings, metrics, backends, stream_manager, decode_pool)
+    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +72,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
                 except ServeError as exc:
                     logger.warning("backend %s not preloaded: %s", name, exc.message)
             stream_manager.start()
-            yield
+            with reload_on_sighup(keyring) if reload_keys_on_sighup else contextlib.nullcontext():
+                yield
         finally:
             await stream_manager.close()
             backends.close()
@@ -82,13 +90,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.include_router(pose.router)
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
+    app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        path = getattr(route, "path", None) or request.scope.get(REFUSED_ROUTE, "unmatched")
         metrics.requests_total.labels(route=path, code=str(response.status_code)).inc()
         metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
         return response
@@ -98,8 +107,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         headers = None
         if isinstance(exc, OverloadedError):
             headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
-        elif isinstance(exc, Unauthorized):
-            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, AuthRefusal):
+            headers = exc.headers
         return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
+from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
 from service.errors import ServeError
@@ -17,18 +22,25 @@ from service.streams.manager import StreamManager
 
 __all__ = [
     "STATUS",
+    "AuthRefusal",
+    "Forbidden",
+    "RateLimited",
     "Services",
     "Unauthorized",
+    "authorize",
     "error_response",
-    "require_key",
+    "require_scope",
     "services",
     "websocket_key_ok",
 ]
+
+logger = logging.getLogger(__name__)
 
 STATUS = {
     "invalid_image": 400,
     "invalid_stream_url": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "too_large": 413,
     "unsupported_media_type": 415,
     "unknown_backend": 404,
@@ -36,6 +48,7 @@ STATUS = {
     "weights_missing": 409,
     "duplicate_stream": 409,
     "too_many_streams": 409,
+    "rate_limited": 429,
     "overloaded": 503,
     "backend_unavailable": 503,
     "timeout": 504,
@@ -49,11 +62,28 @@ class Services:
     backends: BackendManager
     streams: StreamManager
     decode_pool: ThreadPoolExecutor
+    keyring: Keyring
     inflight: int = 0
 
 
-class Unauthorized(ServeError):
+class AuthRefusal(ServeError):
+    """A request refused by API-key auth; `headers` go on the answer. Messages never hold a key."""
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class Unauthorized(AuthRefusal):
     code = "unauthorized"
+
+
+class Forbidden(AuthRefusal):
+    code = "forbidden"
+
+
+class RateLimited(AuthRefusal):
+    code = "rate_limited"
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -65,32 +95,85 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _key_ok(keys: tuple[str, ...], given: str) -> bool:
-    return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
-
-
 def _bearer(authorization: str) -> str:
     return authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
 
 
-async def require_key(request: Request) -> None:
-    """When API keys are configured: `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
-    keys = services(request).settings.api_keys
-    if not keys:
+def _given_key(conn: HTTPConnection) -> str:
+    """`Authorization: Bearer KEY`, `X-API-Key: KEY`, or (WebSockets only: browsers cannot set headers) `?token=KEY`."""
+    given = _bearer(conn.headers.get("authorization", "")) or conn.headers.get("x-api-key", "")
+    if not given and conn.scope["type"] == "websocket":
+        given = conn.query_params.get("token", "")
+    return given
+
+
+def authorize(keyring: Keyring, conn: HTTPConnection, scope: Scope | None) -> ApiKey:
+    """The caller's key, if it is valid, holds `scope` (None: any) and is within its rate limit.
+
+    Raises Unauthorized (401), Forbidden (403) or RateLimited (429, a token is spent only when
+    admitted). Reads headers and the query string only, never the body.
+    """
+    key = keyring.authenticate(_given_key(conn))
+    if key is None:
+        websocket = conn.scope["type"] == "websocket"
+        where = "Authorization: Bearer KEY or X-API-Key" + (" or ?token=KEY" if websocket else "")
+        raise Unauthorized(f"missing or invalid API key ({where})", {"WWW-Authenticate": "Bearer"})
+    _check_scope(key, scope)
+    wait_s = keyring.admit(key)
+    if wait_s > 0:
+        retry_after_s = max(1, math.ceil(wait_s))
+        logger.debug("key %s rate-limited for %.3f s", key.name, wait_s)
+        raise RateLimited(
+            f"API key {key.name!r} is over its rate limit of {key.rate}; retry in {retry_after_s} s",
+            {"Retry-After": str(retry_after_s)},
+        )
+    return key
+
+
+def _check_scope(key: ApiKey, scope: Scope | None) -> None:
+    if scope is not None and scope not in key.scopes:
+        logger.debug("key %s refused: no %s scope", key.name, scope)
+        raise Forbidden(
+            f"API key {key.name!r} lacks the {scope!r} scope",
+            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
+
+
+def _granted(conn: HTTPConnection) -> ApiKey | None:
+    """The key `service.api.auth.AuthMiddleware` admitted this request with (already charged)."""
+    key: ApiKey | None = conn.scope.get("state", {}).get("api_key")
+    return key
+
+
+def _check(conn: HTTPConnection, scope: Scope | None) -> None:
+    keyring: Keyring = conn.app.state.services.keyring
+    if not keyring.enabled:
         return
-    given = _bearer(request.headers.get("authorization", "")) or request.headers.get("x-api-key", "")
-    if not _key_ok(keys, given):
-        raise Unauthorized("missing or invalid API key (Authorization: Bearer KEY or X-API-Key)")
+    key = _granted(conn)
+    if key is None:  # a route the middleware's table does not guard: check here (body already read)
+        conn.scope.setdefault("state", {})["api_key"] = authorize(keyring, conn, scope)
+    else:
+        _check_scope(key, scope)
 
 
-def websocket_key_ok(websocket: WebSocket) -> bool:
-    """WebSockets also accept the key as `?token=KEY` (browsers cannot set headers)."""
-    keys: tuple[str, ...] = websocket.app.state.services.settings.api_keys
-    if not keys:
-        return True
-    given = (
-        _bearer(websocket.headers.get("authorization", ""))
-        or websocket.headers.get("x-api-key", "")
-        or websocket.query_params.get("token", "")
-    )
-    return _key_ok(keys, given)
+@functools.cache
+def require_scope(scope: Scope | None) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency: the request's key must hold `scope` (None: any valid key).
+
+    `AuthMiddleware` normally refused the request already, before its body was read; this
+    dependency is the route's own declaration and the check of last resort.
+    """
+
+    async def dependency(request: Request) -> None:
+        _check(request, scope)
+
+    return dependency
+
+
+def websocket_key_ok(websocket: WebSocket, scope: Scope = "streams") -> bool:
+    """Whether the WebSocket's key (header or `?token=`) holds `scope`; True when auth is off."""
+    try:
+        _check(websocket, scope)
+    except AuthRefusal:
+        return False
+    return True

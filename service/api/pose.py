@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.api.deps import Services, require_key, services
+from service.api.deps import Services, require_scope, services
 from service.backends import Prepared
 from service.errors import (
     DeadlineExceededError,
@@ -31,7 +31,7 @@ from service.schemas import BackendInfo, PoseResponse, persons_json
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_scope("pose"))])
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:

@@ -12,14 +12,14 @@ import contextlib
 from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from service.api.deps import Services, require_key, services, websocket_key_ok
+from service.api.deps import Services, require_scope, services, websocket_key_ok
 from service.errors import UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
 from service.streams.stream import ClientQueue
 
 __all__ = ["router", "ws_router"]
 
-router = APIRouter(prefix="/v1/streams", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/streams", dependencies=[Depends(require_scope("streams"))])
 ws_router = APIRouter()
 
 _CLOSE_POLICY = 1008

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from service.api.deps import Services, require_key, services, websocket_key_ok
+from service.api.openapi import error_responses
 from service.errors import UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
 from service.streams.manager import ClientQueue
@@ -27,23 +28,37 @@ _CLOSE_POLICY = 1008
 _CLOSE_NOT_FOUND = 4404
 
 
-@router.post("", status_code=201, response_model=StreamInfo)
+@router.post(
+    "",
+    status_code=201,
+    response_model=StreamInfo,
+    responses=error_responses(
+        "invalid_stream_url",
+        "unauthorized",
+        "unknown_backend",
+        "duplicate_stream",
+        "too_many_streams",
+        "weights_missing",
+        "validation_error",
+        "backend_unavailable",
+    ),
+)
 async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> dict[str, Any]:
     stream = await svc.streams.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
     return stream.describe()
 
 
-@router.get("", response_model=list[StreamInfo])
+@router.get("", response_model=list[StreamInfo], responses=error_responses("unauthorized"))
 async def list_streams(svc: Services = Depends(services)) -> list[dict[str, Any]]:
     return [s.describe() for s in svc.streams.list()]
 
 
-@router.get("/{stream_id}", response_model=StreamInfo)
+@router.get("/{stream_id}", response_model=StreamInfo, responses=error_responses("unauthorized", "unknown_stream"))
 async def get_stream(stream_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
     return svc.streams.get(stream_id).describe()
 
 
-@router.delete("/{stream_id}", status_code=204)
+@router.delete("/{stream_id}", status_code=204, responses=error_responses("unauthorized", "unknown_stream"))
 async def delete_stream(stream_id: str, svc: Services = Depends(services)) -> Response:
     await svc.streams.delete(stream_id)
     return Response(status_code=204)

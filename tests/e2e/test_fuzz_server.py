@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import assert_clean_log, image_mutants, running_server, sample_images, sample_jpeg
 
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")]
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]
 
 ANSWERS = {200, 400, 413, 415}
 

@@ -12,7 +12,7 @@ import pytest
 from service.config import BackendSettings, Settings
 from tests.support import Mutant, client_for, image_mutants, metric_samples, sample_images, sample_jpeg
 
-pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")]
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]
 
 ANSWERS = {200, 400, 413, 415}  # decoded; invalid_image; too_large (pixels); unsupported_media_type
 

@@ -17,8 +17,8 @@ from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMed
 from service.imaging import decode_image
 from tests.support import MUTATION_KINDS, Mutant, image_mutants, sample_images
 
-# Pillow warns (and goes on) about EXIF blocks the mutations broke; only exceptions matter here.
-pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")]
+# Pillow warns (and goes on) about the EXIF blocks the mutations broke; only exceptions matter here.
+pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]
 
 MAX_PIXELS = 40_000_000  # the service's default `max_image_pixels`
 TYPED = (InvalidImageError, ImageTooLargeError, UnsupportedMediaTypeError)

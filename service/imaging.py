@@ -2,12 +2,15 @@
 
 The header is parsed first (Pillow reads dimensions without decoding pixels), so a 30000x30000
 image is refused as `too_large` without allocating it; truncated or corrupt data raises
-`InvalidImageError` instead of yielding a half-grey picture. Runs in a worker thread.
+`InvalidImageError` instead of yielding a half-grey picture. Every failure of the image library,
+in the header or in the pixels, is one of these typed errors: no byte string escapes as anything
+else. Runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -21,8 +24,25 @@ ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "imag
 _ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
 _EXIF_ORIENTATION = 0x0112
 
-# Our own pixel limit is checked first; Pillow's bomb guard stays as a second line of defence.
+# Our own pixel limit (`max_pixels`, checked on the header before any pixel is decoded) replaces
+# Pillow's global bomb guard, whose fixed threshold would override the configured limit.
 Image.MAX_IMAGE_PIXELS = None
+
+# What Pillow's plugins raise on broken files: its own errors are OSError (UnidentifiedImageError,
+# "Truncated File Read", "could not create decoder object", "Unsupported BMP ..."), SyntaxError
+# (bad PNG chunks) and ValueError, but header parsers also leak the errors of their tools.
+_BROKEN_IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ArithmeticError,
+)
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -35,8 +55,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise InvalidImageError("not a decodable image (expected JPEG, PNG, WebP or BMP)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except _BOMB_ERRORS as exc:
         raise ImageTooLargeError(str(exc)) from exc
+    except _BROKEN_IMAGE_ERRORS as exc:
+        raise InvalidImageError(f"corrupt image header: {exc}") from exc
     if image.format not in _ACCEPTED_FORMATS:
         raise UnsupportedMediaTypeError(f"image format {image.format} is not accepted (use JPEG, PNG, WebP or BMP)")
     width, height = image.size
@@ -50,6 +72,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             upright = ImageOps.exif_transpose(image)
         rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
+    except _BOMB_ERRORS as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except _BROKEN_IMAGE_ERRORS as exc:
         raise InvalidImageError(f"corrupt or truncated image data: {exc}") from exc
     return np.asarray(rgb)

@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     from service.streams.stream import StreamSnapshot
 
 __all__ = [
+    "STREAM_URL_PATTERN",
     "BackendInfo",
     "ErrorBody",
     "ErrorResponse",
     "ImageSize",
     "Person",
     "PoseResponse",
+    "Readiness",
     "StreamCreate",
     "StreamFrameMessage",
     "StreamInfo",
@@ -89,10 +91,29 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    problems: list[str] = Field(default_factory=list, description="why not ready (absent when ready)")
+
+
+# The form of every URL some configuration accepts: an allowed scheme (any case), then a host for
+# the network schemes, no whitespace. Documented in the schema, enforced by
+# `service.streams.urls.validate_stream_url`, which refuses with the reason (400 invalid_stream_url)
+# and also checks this server's schemes, the host's addresses and the allow-list.
+STREAM_URL_PATTERN = r"^(?:(?:[Rr][Tt][Ss][Pp][Ss]?|[Hh][Tt][Tt][Pp][Ss]?)://[^\s/?#]+|[Ff][Ii][Ll][Ee]:\S)\S*$"
+
+
 class StreamCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
-    url: str = Field(min_length=1, max_length=2048, description="rtsp://, rtsps://, http(s):// (file:// when enabled)")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="rtsp://, rtsps://, http(s):// with a host (file: when enabled), no whitespace; the host must "
+        "resolve and pass the server's allow-list and SSRF guard. Refused with 400 invalid_stream_url otherwise",
+        json_schema_extra={"pattern": STREAM_URL_PATTERN},
+        examples=["rtsp://127.0.0.1:8554/cam1"],
+    )
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str | None = None
     max_fps: float | None = Field(None, gt=0, le=120)

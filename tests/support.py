@@ -1,10 +1,11 @@
-"""Shared test helpers: where ../shared is, real photos, bad inputs, metric parsing."""
+"""Shared test helpers: where ../shared is, real photos, bad inputs, image mutations, metric parsing."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import random
 import re
 import struct
 import zlib
@@ -73,6 +74,155 @@ def png_claiming(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
     )
+
+
+def sample_images(max_side: int = 64) -> dict[str, tuple[str, bytes]]:
+    """The `sample_jpeg` photo, small, in every accepted format: name -> (media type, bytes).
+
+    Baseline and progressive JPEG (the latter with an EXIF orientation), PNG, lossy and lossless
+    WebP, BMP: the seeds the fuzz tests mutate.
+    """
+    bgr = cv2.imdecode(np.frombuffer(sample_jpeg(max_side), np.uint8), cv2.IMREAD_COLOR)
+    photo = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    encodings: dict[str, tuple[str, dict[str, object]]] = {
+        "jpeg": ("JPEG", {"quality": 90}),
+        "jpeg-progressive-exif": ("JPEG", {"quality": 80, "progressive": True, "exif": exif}),
+        "png": ("PNG", {}),
+        "webp": ("WEBP", {"quality": 80}),
+        "webp-lossless": ("WEBP", {"lossless": True}),
+        "bmp": ("BMP", {}),
+    }
+    out = {}
+    for name, (fmt, options) in encodings.items():
+        buf = io.BytesIO()
+        photo.save(buf, fmt, **options)
+        out[name] = (f"image/{fmt.lower()}", buf.getvalue())
+    return out
+
+
+@dataclass(frozen=True)
+class Mutant:
+    kind: str
+    source: str
+    media_type: str
+    body: bytes
+
+
+MUTATION_KINDS = ("truncate", "flip", "magic_random", "lying_dims", "lying_length", "splice", "fill")
+_MAGIC = {"image/jpeg": 4, "image/png": 8, "image/webp": 16, "image/bmp": 2}
+_FIELD_VALUES = (0, 1, 2, 255, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
+
+
+def _put(data: bytearray, offset: int, size: int, value: int, *, little: bool) -> None:
+    """Write `value` (masked to `size` bytes) at `offset`, where the data reaches that far."""
+    if offset + size <= len(data):
+        data[offset : offset + size] = (value % (1 << (8 * size))).to_bytes(size, "little" if little else "big")
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int]]:
+    """(offset of the marker, marker byte) of every segment before the scan data."""
+    out, i = [], 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        out.append((i, marker))
+        if marker == 0xDA:
+            break
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return out
+
+
+def _png_chunks(data: bytes) -> list[int]:
+    """Offsets of every chunk's length field."""
+    out, i = [], 8
+    while i + 8 <= len(data):
+        out.append(i)
+        i += 12 + int.from_bytes(data[i : i + 4], "big")
+    return out
+
+
+def _lie_about_dims(data: bytearray, media_type: str, rng: random.Random) -> None:
+    """Overwrite the width/height fields of the header with extreme or random values."""
+    values = [rng.choice(_FIELD_VALUES) if rng.random() < 0.7 else rng.getrandbits(32) for _ in range(2)]
+    if media_type == "image/png":  # IHDR: width, height (u32 BE); keep the CRC valid half the time
+        _put(data, 16, 4, values[0], little=False)
+        _put(data, 20, 4, values[1], little=False)
+        if rng.random() < 0.5:
+            _put(data, 29, 4, zlib.crc32(bytes(data[12:29])), little=False)
+    elif media_type == "image/jpeg":  # SOFn: height, width (u16 BE)
+        sofs = [i for i, m in _jpeg_segments(bytes(data)) if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC)]
+        for i in sofs:
+            _put(data, i + 5, 2, values[0], little=False)
+            _put(data, i + 7, 2, values[1], little=False)
+    elif media_type == "image/bmp":  # BITMAPINFOHEADER: width, height (i32 LE), bit count
+        _put(data, 18, 4, values[0], little=True)
+        _put(data, 22, 4, values[1], little=True)
+        if rng.random() < 0.3:
+            _put(data, 28, 2, rng.choice((0, 1, 3, 7, 16, 24, 32, 64, 0xFFFF)), little=True)
+    elif data[12:16] == b"VP8 ":  # lossy WebP frame header: 14-bit width, height (u16 LE)
+        _put(data, 26, 2, values[0], little=True)
+        _put(data, 28, 2, values[1], little=True)
+    else:  # lossless WebP: 14-bit (width - 1), (height - 1) packed after the 0x2F signature
+        _put(data, 21, 4, (values[0] & 0x3FFF) | ((values[1] & 0x3FFF) << 14) | (rng.getrandbits(4) << 28), little=True)
+
+
+def _lie_about_length(data: bytearray, media_type: str, rng: random.Random) -> None:
+    """Overwrite one length field (segment, chunk, file or offset) with an extreme or random value."""
+    value = rng.choice(_FIELD_VALUES) if rng.random() < 0.7 else rng.getrandbits(32)
+    if media_type == "image/png":
+        _put(data, rng.choice(_png_chunks(bytes(data))), 4, value, little=False)
+    elif media_type == "image/jpeg":
+        segments = [i for i, m in _jpeg_segments(bytes(data)) if m not in (0xD8, 0x01) and not 0xD0 <= m <= 0xD7]
+        _put(data, rng.choice(segments) + 2, 2, value, little=False)
+    elif media_type == "image/bmp":  # file size, pixel offset, header size, image size
+        _put(data, rng.choice((2, 10, 14, 34)), 4, value, little=True)
+    else:  # RIFF size, first chunk size
+        _put(data, rng.choice((4, 16)), 4, value, little=True)
+
+
+def image_mutants(count: int, seed: int, seeds: dict[str, tuple[str, bytes]]) -> list[Mutant]:
+    """`count` deterministic mutations of `seeds` (see `sample_images`), the kinds in equal turns.
+
+    truncate: a prefix; flip: 1-16 random bytes changed; magic_random: the first bytes (magic and
+    maybe more of the header) then random bytes; lying_dims: width/height fields set to 0, 1,
+    65535, 2^31, ... (PNG IHDR, JPEG SOF, BMP info header, WebP frame header); lying_length: a
+    segment / chunk / file length field; splice: a span deleted, duplicated or random bytes
+    inserted; fill: a span overwritten with 0x00 or 0xFF.
+    """
+    rng = random.Random(seed)
+    names = sorted(seeds)
+    out = []
+    for i in range(count):
+        kind = MUTATION_KINDS[i % len(MUTATION_KINDS)]
+        source = rng.choice(names)
+        media_type, original = seeds[source]
+        data = bytearray(original)
+        n = len(data)
+        if kind == "truncate":
+            data = data[: rng.randrange(n)]
+        elif kind == "flip":
+            for _ in range(rng.randint(1, 16)):
+                data[rng.randrange(n)] ^= rng.randint(1, 255)
+        elif kind == "magic_random":
+            keep = _MAGIC[media_type] if rng.random() < 0.5 else rng.randint(_MAGIC[media_type], min(n, 700))
+            data = data[:keep] + rng.randbytes(rng.randint(0, 4096))
+        elif kind == "lying_dims":
+            _lie_about_dims(data, media_type, rng)
+        elif kind == "lying_length":
+            _lie_about_length(data, media_type, rng)
+        elif kind == "splice":
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 256))
+            how = rng.choice(("delete", "duplicate", "insert"))
+            insert = b"" if how == "delete" else bytes(data[a:b]) if how == "duplicate" else rng.randbytes(b - a)
+            data = data[:a] + insert + data[b if how == "delete" else a :]
+        else:
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 512))
+            data[a:b] = bytes([rng.choice((0x00, 0xFF))]) * (b - a)
+        out.append(Mutant(kind, source, media_type, bytes(data)))
+    return out
 
 
 def noise_jpeg(w: int = 320, h: int = 240) -> bytes:

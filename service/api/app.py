@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,29 +20,27 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models.weights import WeightsStore
 from service.api import pose, streams
 from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
 from service.api.deps import STATUS, AuthRefusal, Services, error_response
+from service.api.openapi import without_default_validation_answers
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
 from service.errors import OverloadedError, ServeError
 from service.metrics import Metrics
-from service.schemas import ErrorResponse
+from service.schemas import Readiness
 from service.streams.manager import StreamManager
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
-
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 504)
-}
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_keys_on_sighup: bool = False) -> FastAPI:
@@ -84,9 +84,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         version="0.1.0",
         description="Real-time multi-person pose inference: COCO-17 keypoints per person.",
         lifespan=lifespan,
-        responses=_ERROR_RESPONSES,
     )
     app.state.services = svc
+    app.openapi = functools.partial(_document, app)  # type: ignore[method-assign]
     app.include_router(pose.router)
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
@@ -106,7 +106,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
         headers = None
         if isinstance(exc, OverloadedError):
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         elif isinstance(exc, AuthRefusal):
             headers = exc.headers
         return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
@@ -117,9 +117,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         return error_response(422, "validation_error", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -130,7 +133,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> JSONResponse:
         problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
         if not backends.healthy():
@@ -141,11 +144,30 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
             return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _document(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document (built once) with only the 422 answers the routes declare themselves."""
+    if app.openapi_schema is None:
+        app.openapi_schema = without_default_validation_answers(FastAPI.openapi(app))
+    return app.openapi_schema
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (Starlette's own `Allow` names only
+    the methods of the first route that matched the path, e.g. GET without DELETE)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
 
 
 async def _redis_reachable(url: str, timeout_s: float = 0.5) -> bool:

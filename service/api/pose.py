@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import Services, require_scope, services
+from service.api.openapi import AUTH_ERRORS, POSE_REQUEST_BODY, error_responses
 from service.backends import Prepared
 from service.errors import (
     DeadlineExceededError,
@@ -79,7 +80,23 @@ async def _image_bytes(request: Request, max_bytes: int) -> bytes:
     )
 
 
-@router.post("/pose", response_model=PoseResponse)
+@router.post(
+    "/pose",
+    response_model=PoseResponse,
+    openapi_extra=POSE_REQUEST_BODY,
+    responses=error_responses(
+        "invalid_image",
+        *AUTH_ERRORS,
+        "unknown_backend",
+        "weights_missing",
+        "too_large",
+        "unsupported_media_type",
+        "validation_error",
+        "overloaded",
+        "backend_unavailable",
+        "timeout",
+    ),
+)
 async def pose(
     request: Request,
     backend: str | None = Query(None, description="backend name; default from settings"),
@@ -129,6 +146,6 @@ async def pose(
     }
 
 
-@router.get("/backends", response_model=list[BackendInfo])
+@router.get("/backends", response_model=list[BackendInfo], responses=error_responses(*AUTH_ERRORS))
 async def backends(svc: Services = Depends(services)) -> list[dict[str, Any]]:
     return await run_in_threadpool(svc.backends.describe)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from service.api.deps import Services, require_scope, services, websocket_key_ok
+from service.api.openapi import AUTH_ERRORS, error_responses
 from service.errors import UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
 from service.streams.stream import ClientQueue
@@ -26,23 +27,37 @@ _CLOSE_POLICY = 1008
 _CLOSE_NOT_FOUND = 4404
 
 
-@router.post("", status_code=201, response_model=StreamInfo)
+@router.post(
+    "",
+    status_code=201,
+    response_model=StreamInfo,
+    responses=error_responses(
+        *AUTH_ERRORS,
+        "invalid_stream_url",
+        "unknown_backend",
+        "duplicate_stream",
+        "too_many_streams",
+        "weights_missing",
+        "validation_error",
+        "backend_unavailable",
+    ),
+)
 async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> StreamInfo:
     stream = await svc.streams.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
     return StreamInfo.from_snapshot(stream.snapshot())
 
 
-@router.get("", response_model=list[StreamInfo])
+@router.get("", response_model=list[StreamInfo], responses=error_responses(*AUTH_ERRORS))
 async def list_streams(svc: Services = Depends(services)) -> list[StreamInfo]:
     return [StreamInfo.from_snapshot(s.snapshot()) for s in svc.streams.list()]
 
 
-@router.get("/{stream_id}", response_model=StreamInfo)
+@router.get("/{stream_id}", response_model=StreamInfo, responses=error_responses(*AUTH_ERRORS, "unknown_stream"))
 async def get_stream(stream_id: str, svc: Services = Depends(services)) -> StreamInfo:
     return StreamInfo.from_snapshot(svc.streams.get(stream_id).snapshot())
 
 
-@router.delete("/{stream_id}", status_code=204)
+@router.delete("/{stream_id}", status_code=204, responses=error_responses(*AUTH_ERRORS, "unknown_stream"))
 async def delete_stream(stream_id: str, svc: Services = Depends(services)) -> Response:
     await svc.streams.delete(stream_id)
     return Response(status_code=204)

@@ -30,6 +30,8 @@ def _resolve(host: str) -> list[str]:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise InvalidStreamUrlError(f"host {host!r} does not resolve: {exc.strerror}") from None
+    except UnicodeError:  # the IDNA encoder refuses empty labels and labels over 63 characters
+        raise InvalidStreamUrlError(f"host {host[:80]!r} is not a valid host name") from None
     return sorted({str(info[4][0]) for info in infos})
 
 

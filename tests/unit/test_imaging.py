@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -54,6 +55,39 @@ def test_truncated_jpeg() -> None:
     data = encode("JPEG", 256, 256)
     with pytest.raises(InvalidImageError, match=r"truncated|corrupt"):
         decode_image(data[: len(data) // 2], max_pixels=1_000_000)
+
+
+def jpeg_app0_then_random() -> bytes:
+    return b"\xff\xd8\xff\xe0" + np.random.default_rng(3).bytes(600)
+
+
+def bmp_with_bit_depth(bits: int) -> bytes:
+    data = bytearray(encode("BMP"))
+    data[28:30] = struct.pack("<H", bits)
+    return bytes(data)
+
+
+def webp_with_random_frame() -> bytes:
+    data = encode("WEBP")
+    return data[:20] + np.random.default_rng(4).bytes(len(data) - 20)
+
+
+def png_with_short_ihdr() -> bytes:
+    data = bytearray(encode("PNG"))
+    data[8:12] = struct.pack(">I", 5)  # IHDR length 5 < 13
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [jpeg_app0_then_random, lambda: bmp_with_bit_depth(7), webp_with_random_frame, png_with_short_ihdr],
+    ids=["jpeg app0 then random", "bmp 7 bits per pixel", "webp random frame", "png short ihdr"],
+)
+def test_broken_headers_are_invalid_image(make: Callable[[], bytes]) -> None:
+    """Pillow fails these in `Image.open` (OSError "Truncated File Read", "Unsupported BMP pixel
+    depth", "could not create decoder object"; ValueError "Truncated IHDR chunk")."""
+    with pytest.raises(InvalidImageError, match="corrupt"):
+        decode_image(make(), max_pixels=1_000_000)
 
 
 def test_huge_header_refused_before_decoding() -> None:

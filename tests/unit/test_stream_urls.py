@@ -6,7 +6,7 @@ import pytest
 
 from service.config import StreamSettings
 from service.errors import InvalidStreamUrlError
-from service.streams.urls import redact, validate_stream_url
+from service.streams.urls import _resolve, redact, validate_stream_url
 
 pytestmark = pytest.mark.unit
 
@@ -58,6 +58,13 @@ def test_refuses(url: str, reason: str) -> None:
     table = {"evil.example": ["169.254.169.254"]}
     with pytest.raises(InvalidStreamUrlError, match=reason):
         validate_stream_url(url, DEFAULT, resolver(table))
+
+
+@pytest.mark.parametrize("host", ["a" * 64, "a..b"])
+def test_host_names_dns_cannot_encode_are_refused(host: str) -> None:
+    """A label over 63 characters or an empty label fails in the IDNA encoder (UnicodeError), before any lookup."""
+    with pytest.raises(InvalidStreamUrlError, match="not a valid host name"):
+        _resolve(host)
 
 
 def test_optional_private_and_loopback_blocks() -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidStreamUrlError",
     "OverloadedError",
+    "QueueDelayError",
     "QueueFullError",
     "ServeError",
     "StreamLimitError",
@@ -55,6 +56,11 @@ class OverloadedError(ServeError):
 
 class QueueFullError(OverloadedError):
     """A batcher queue is at its bound."""
+
+
+class QueueDelayError(QueueFullError):
+    """A queue is at its bound in time: a new item would wait longer than `max_queue_delay_ms`
+    (refused before any work), or a queued item did (dropped before inference)."""
 
 
 class DeadlineExceededError(ServeError):

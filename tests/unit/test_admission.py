@@ -1,14 +1,21 @@
-"""Admission control: the pure decision and EWMA with a fake clock, queue-delay expiry in the batcher."""
+"""Admission control: the pure decision and EWMA with a fake clock, queue-delay expiry in the
+batcher, and a StageRunner's tickets and drops (fake sessions, a fake clock, no model)."""
 
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
+from prometheus_client import generate_latest
 
 from service.admission import AdmissionControl, BatchTimes
 from service.batching import DynamicBatcher
 from service.config import BackendSettings
+from service.engine import StageRunner
+from service.errors import BackendUnavailableError, OverloadedError, QueueDelayError, QueueFullError
+from service.metrics import Metrics
+from tests.support import metric_samples
 
 pytestmark = pytest.mark.unit
 
@@ -168,3 +175,102 @@ def test_queue_delay_must_exceed_the_batching_wait() -> None:
     with pytest.raises(ValueError):
         BackendSettings(max_wait_ms=20, max_queue_delay_ms=5)
     assert BackendSettings(max_queue_delay_ms=None).max_queue_delay_ms is None
+
+
+# -- a StageRunner ---------------------------------------------------------------------------------
+class GatedSession:
+    """Runs a batch only when the test opens the gate; records batch sizes."""
+
+    providers = ("CPUExecutionProvider",)
+    output_names = ("rows",)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.batches: list[list[int]] = []
+
+    def run_batch(self, _: object, items: list[int]) -> tuple[list[int], float]:
+        self.entered.release()
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.batches.append(items)
+        return [i * 10 for i in items], 0.0
+
+
+def runner(
+    session: GatedSession, clock: FakeClock | None = None, **settings: float
+) -> tuple[StageRunner[int, int, GatedSession], Metrics]:
+    metrics = Metrics()
+    kwargs = {"clock": clock} if clock is not None else {}
+    r: StageRunner[int, int, GatedSession] = StageRunner(
+        backend="fake",
+        stage="pose",
+        settings=BackendSettings(**{"max_batch": 1, "max_wait_ms": 0, "max_queue": 8, **settings}),
+        sessions=[session],
+        run_batch=session.run_batch,
+        metrics=metrics,
+        **kwargs,
+    )
+    r.start()
+    return r, metrics
+
+
+def dropped(metrics: Metrics, reason: str) -> float:
+    text = generate_latest(metrics.registry).decode()
+    return sum(v for lb, v in metric_samples(text, "poseserve_items_dropped_total") if lb["reason"] == reason)
+
+
+def test_tickets_hold_their_slot_until_queued_or_released() -> None:
+    session = GatedSession()
+    r, metrics = runner(session, max_queue_delay_ms=500)
+    r.seed_batch_time(1, 10.0)  # one item takes 10 s: only an item with nothing ahead starts in time
+    try:
+        first = r.admit()
+        with pytest.raises(QueueDelayError) as refused:
+            r.admit()  # counts the first one, still decoding
+        assert isinstance(refused.value, QueueFullError | OverloadedError)
+        assert refused.value.retry_after_s == pytest.approx(10.0)
+        first.release()
+        first.release()  # idempotent
+        second = r.admit()
+        future = r.submit(1, deadline=1e12, ticket=second)  # queued in its slot, not admitted again
+        assert session.entered.acquire(timeout=10)
+        with pytest.raises(QueueDelayError):  # without a ticket (streams): admitted now, or not
+            r.submit(2, deadline=1e12)
+        session.gate.set()
+        assert future.result(timeout=10).value == 10
+        assert dropped(metrics, "overloaded") == 2
+    finally:
+        session.gate.set()
+        r.stop()
+
+
+def test_items_that_waited_too_long_never_reach_the_model() -> None:
+    clock = FakeClock()
+    session = GatedSession()
+    r, metrics = runner(session, clock, max_queue_delay_ms=100)
+    try:
+        running = r.submit(1, deadline=1e12)
+        assert session.entered.acquire(timeout=10)  # 1 is in the model, the worker is busy
+        late = r.submit(2, deadline=1e12)  # nothing measured yet: admitted
+        clock.advance_ms(150)
+        session.gate.set()
+        assert running.result(timeout=10).value == 10
+        with pytest.raises(QueueDelayError) as error:
+            late.result(timeout=10)
+        assert error.value.retry_after_s is not None and error.value.retry_after_s >= 0
+        on_time = r.submit(3, deadline=1e12)
+        result = on_time.result(timeout=10)
+        assert result.value == 30 and result.queue_s < 0.1
+    finally:
+        session.gate.set()
+        r.stop()
+    assert session.batches == [[1], [3]]
+    assert dropped(metrics, "queue_delay") == 1
+
+
+def test_stopping_stage_refuses_admission() -> None:
+    r, _ = runner(GatedSession())
+    r.stop()
+    with pytest.raises(BackendUnavailableError):
+        r.admit()
+    assert r.submit(1, deadline=1e12).cancelled()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from service.api import pose, streams
 from service.api.deps import STATUS, Services, Unauthorized, error_response
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import OverloadedError, ServeError
+from service.errors import BackendUnavailableError, OverloadedError, ServeError
 from service.metrics import Metrics
 from service.schemas import ErrorResponse
 from service.streams.manager import StreamManager
@@ -96,8 +97,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
         headers = None
-        if isinstance(exc, OverloadedError):
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        if isinstance(exc, OverloadedError | BackendUnavailableError) and exc.retry_after_s is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
         elif isinstance(exc, Unauthorized):
             headers = {"WWW-Authenticate": "Bearer"}
         return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
@@ -124,8 +125,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
-        if not backends.healthy():
-            problems.append("a backend has dead workers")
+        problems += backends.problems()  # stages with dead workers, named
         if settings.redis_url and not await _redis_reachable(settings.redis_url):
             problems.append("redis is unreachable")
         if problems:

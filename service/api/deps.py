@@ -60,7 +60,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -75,7 +75,7 @@ def _bearer(authorization: str) -> str:
 
 async def require_key(request: Request) -> None:
     """When API keys are configured: `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
-    keys = services(request).settings.api_keys
+    keys = (await services(request)).settings.api_keys
     if not keys:
         return
     given = _bearer(request.headers.get("authorization", "")) or request.headers.get("x-api-key", "")

@@ -392,11 +392,11 @@ class StageRunner(Generic[In, Out, Session]):
         with self._cond:
             if self._stopping:
                 return
+            self._metrics.worker_restarts_total.labels(**self._labels).inc()  # counted before it takes work
+            self._metrics.workers.labels(state="idle").inc()
             worker.dead = False
             worker.thread = self._thread(worker)
             worker.thread.start()
-        self._metrics.worker_restarts_total.labels(**self._labels).inc()
-        self._metrics.workers.labels(state="idle").inc()
         logger.warning("%s/%s: worker %d restarted", self.backend, self.stage, worker.index)
 
     def _give_up(self, worker: _Worker[Session]) -> None:

@@ -8,6 +8,8 @@ Policy
 - A batch is released when `max_batch` items wait, or when the oldest item has waited
   `max_wait_ms` (Triton-style "max queue delay").
 - Items carry a deadline; items past it are removed by `expire()` and never reach inference.
+- The queue is bounded in time: an item that has waited `max_queue_delay_ms` without its batch
+  starting is removed by `expire_delayed()` (so every item that starts waited less than that).
 - The queue is bounded: `submit` raises `QueueFullError` at `max_queue` items.
 - Fairness: items are grouped by `key` (a camera, a client); a batch takes one item per key in
   turn, keys ordered by the age of their oldest item, so one busy camera cannot starve others.
@@ -16,6 +18,7 @@ Policy
 from __future__ import annotations
 
 import itertools
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ class Pending(Generic[T]):
     key: Hashable
     enqueued_at: float
     deadline: float
+    start_by: float = math.inf
     seq: int = field(default_factory=lambda: next(_ids))
 
 
@@ -50,6 +54,7 @@ class DynamicBatcher(Generic[T]):
         max_wait_ms: float,
         max_queue: int,
         clock: Callable[[], float],
+        max_queue_delay_ms: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -57,9 +62,12 @@ class DynamicBatcher(Generic[T]):
             raise ValueError("max_queue must be >= max_batch")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
+        if max_queue_delay_ms is not None and max_queue_delay_ms <= max_wait_ms:
+            raise ValueError("max_queue_delay_ms must be > max_wait_ms")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_delay_s = math.inf if max_queue_delay_ms is None else max_queue_delay_ms / 1000.0
         self._clock = clock
         self._queues: OrderedDict[Hashable, deque[Pending[T]]] = OrderedDict()
         self._size = 0
@@ -71,7 +79,8 @@ class DynamicBatcher(Generic[T]):
         """Queue `item`; raises `QueueFullError` when `max_queue` items already wait."""
         if self._size >= self.max_queue:
             raise QueueFullError(f"queue full ({self.max_queue} items waiting)")
-        pending = Pending(item=item, key=key, enqueued_at=self._clock(), deadline=deadline)
+        now = self._clock()
+        pending = Pending(item=item, key=key, enqueued_at=now, deadline=deadline, start_by=now + self.max_delay_s)
         self._queues.setdefault(key, deque()).append(pending)
         self._size += 1
         return pending
@@ -93,18 +102,26 @@ class DynamicBatcher(Generic[T]):
     def expire(self) -> list[Pending[T]]:
         """Remove and return every item whose deadline has passed."""
         now = self._clock()
-        expired: list[Pending[T]] = []
+        return self._remove_where(lambda p: p.deadline <= now)
+
+    def expire_delayed(self) -> list[Pending[T]]:
+        """Remove and return every item that has waited `max_queue_delay_ms` (or more)."""
+        now = self._clock()
+        return self._remove_where(lambda p: p.start_by <= now)
+
+    def _remove_where(self, gone: Callable[[Pending[T]], bool]) -> list[Pending[T]]:
+        removed: list[Pending[T]] = []
         for key in list(self._queues):
             queue = self._queues[key]
-            alive = deque(p for p in queue if p.deadline > now)
+            alive = deque(p for p in queue if not gone(p))
             if len(alive) != len(queue):
-                expired.extend(p for p in queue if p.deadline <= now)
+                removed.extend(p for p in queue if gone(p))
                 if alive:
                     self._queues[key] = alive
                 else:
                     del self._queues[key]
-        self._size -= len(expired)
-        return expired
+        self._size -= len(removed)
+        return removed
 
     def oldest_enqueued_at(self) -> float | None:
         if not self._queues:
@@ -112,7 +129,8 @@ class DynamicBatcher(Generic[T]):
         return min(q[0].enqueued_at for q in self._queues.values())
 
     def next_event_at(self) -> float | None:
-        """Clock time at which `pop_batch` may next return something (a batch or an expiry).
+        """Clock time at which `pop_batch` may next return something (a batch or an expiry by
+        deadline or queue delay).
 
         None when empty; a time <= now when a batch is ready already.
         """
@@ -122,7 +140,7 @@ class DynamicBatcher(Generic[T]):
         if self._size >= self.max_batch:
             return oldest
         earliest_deadline = min(p.deadline for q in self._queues.values() for p in q)
-        return min(oldest + self.max_wait_s, earliest_deadline)
+        return min(oldest + self.max_wait_s, oldest + self.max_delay_s, earliest_deadline)
 
     def ready(self) -> bool:
         """True when a batch should be released now."""

@@ -30,6 +30,14 @@ class BackendSettings(BaseModel):
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
     max_queue: int = Field(64, ge=1)
+    max_queue_delay_ms: float | None = Field(
+        500.0,
+        gt=0,
+        le=60_000,
+        description="longest an item may wait in the queue before its batch starts: a request that would wait "
+        "longer is refused (503 + Retry-After) before its body is read, and a queued item that did is dropped "
+        "before inference; None = no time bound but the request deadline",
+    )
     workers: int = Field(1, ge=1, le=64, description="ORT sessions (one thread each) per stage")
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 = ORT default")
     providers: tuple[Provider, ...] = ("cuda", "cpu")
@@ -45,6 +53,8 @@ class BackendSettings(BaseModel):
     def _queue_holds_a_batch(self) -> BackendSettings:
         if self.max_queue < self.max_batch:
             raise ValueError("max_queue must be >= max_batch")
+        if self.max_queue_delay_ms is not None and self.max_queue_delay_ms <= self.max_wait_ms:
+            raise ValueError("max_queue_delay_ms must be > max_wait_ms (a partial batch waits max_wait_ms)")
         return self
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidStreamUrlError",
     "OverloadedError",
+    "QueueDelayError",
     "QueueFullError",
     "ServeError",
     "StreamLimitError",
@@ -20,6 +21,7 @@ __all__ = [
     "UnknownStreamError",
     "UnsupportedMediaTypeError",
     "WeightsMissingError",
+    "WorkerLostError",
 ]
 
 
@@ -40,9 +42,18 @@ class UnknownBackendError(ServeError):
 
 
 class BackendUnavailableError(ServeError):
-    """The backend's model exists but could not be loaded (corrupt file, provider failure)."""
+    """The backend's model exists but could not be loaded (corrupt file, provider failure), or it
+    has no live worker. `retry_after_s` is set when retrying later can succeed."""
 
     code = "backend_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class WorkerLostError(BackendUnavailableError):
+    """The worker thread running this item's batch died; the supervisor restarts it (retryable)."""
 
 
 class OverloadedError(ServeError):
@@ -55,6 +66,11 @@ class OverloadedError(ServeError):
 
 class QueueFullError(OverloadedError):
     """A batcher queue is at its bound."""
+
+
+class QueueDelayError(QueueFullError):
+    """A queue is at its bound in time: a new item would wait longer than `max_queue_delay_ms`
+    (refused before any work), or a queued item did (dropped before inference)."""
 
 
 class DeadlineExceededError(ServeError):

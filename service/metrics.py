@@ -76,11 +76,19 @@ class Metrics:
         self.queue_depth = Gauge("poseserve_queue_depth", "items waiting for a batch", ["backend", "stage"], registry=r)
         self.items_dropped_total = Counter(
             "poseserve_items_dropped_total",
-            "queued items that never reached inference, by reason (expired | cancelled | overloaded)",
+            "items that never reached inference, by reason: overloaded (refused by admission: queue full in "
+            "items or in time), queue_delay (waited max_queue_delay_ms in the queue), expired (deadline), "
+            "cancelled, no_workers (queued when the stage's last worker was given up)",
             ["backend", "stage", "reason"],
             registry=r,
         )
         self.workers = Gauge("poseserve_workers", "inference worker threads by state", ["state"], registry=r)
+        self.worker_restarts_total = Counter(
+            "poseserve_worker_restarts_total",
+            "inference worker threads restarted by their stage's supervisor after dying",
+            ["backend", "stage"],
+            registry=r,
+        )
 
         # camera streams (label `stream` = the stream's name; bounded by streams.max_streams)
         self.stream_frames_total = Counter(

@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.weights import WeightsStore
 from service.api import pose, streams
@@ -33,7 +34,7 @@ from service.api.openapi import without_default_validation_answers
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import OverloadedError, ServeError
+from service.errors import BackendUnavailableError, OverloadedError, ServeError
 from service.metrics import Metrics
 from service.schemas import Readiness
 from service.streams.manager import StreamManager
@@ -92,21 +93,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     app.include_router(streams.ws_router)
     app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", None) or request.scope.get(REFUSED_ROUTE, "unmatched")
-        metrics.requests_total.labels(route=path, code=str(response.status_code)).inc()
-        metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_Observe, metrics=metrics)  # outermost: counts refusals too
 
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
         headers = None
-        if isinstance(exc, OverloadedError):
-            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        if isinstance(exc, OverloadedError | BackendUnavailableError) and exc.retry_after_s is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
         elif isinstance(exc, AuthRefusal):
             headers = exc.headers
         return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
@@ -136,8 +129,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> JSONResponse:
         problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
-        if not backends.healthy():
-            problems.append("a backend has dead workers")
+        problems += backends.problems()  # stages with dead workers, named
         if settings.redis_url and not await _redis_reachable(settings.redis_url):
             problems.append("redis is unreachable")
         if problems:
@@ -168,6 +160,34 @@ def _allowed_methods(request: Request) -> str:
         if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
     ]
     return ", ".join(allowed)
+
+
+class _Observe:
+    """Counts and times HTTP requests by route and status. A plain ASGI middleware: Starlette's
+    `BaseHTTPMiddleware` doubles the CPU cost of a cheap answer (a 503 refusal under a burst)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless the app answers
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            path = getattr(scope.get("route"), "path", None) or scope.get(REFUSED_ROUTE, "unmatched")
+            self.metrics.requests_total.labels(route=path, code=str(status)).inc()
+            self.metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
 
 
 async def _redis_reachable(url: str, timeout_s: float = 0.5) -> bool:

@@ -24,6 +24,12 @@ AUTH_ERRORS = ("unauthorized", "forbidden", "rate_limited")
 _VALIDATION = "validation_error"
 _HEADERS: dict[str, dict[str, Any]] = {
     "overloaded": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
+    "backend_unavailable": {
+        "Retry-After": {
+            "description": "seconds to wait before retrying (when it may succeed)",
+            "schema": {"type": "integer"},
+        }
+    },
     "rate_limited": {
         "Retry-After": {"description": "seconds until the key may call again", "schema": {"type": "integer"}}
     },

@@ -1,7 +1,9 @@
 """`POST /v1/pose` and `GET /v1/backends`.
 
-The body is read with a byte cap, decoded and preprocessed on the decode pool (never on the event
-loop), batched by the backend's runner, and awaited with the request's deadline.
+The backend admits the request first (a slot reserved, or 503 `overloaded` + Retry-After when it
+would wait longer than `max_queue_delay_ms`), before any byte of the body is read; then the body
+is read with a byte cap, decoded and preprocessed on the decode pool (never on the event loop),
+batched by the backend's runner in the reserved slot, and awaited with the request's deadline.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from service.api.deps import Services, require_scope, services
 from service.api.openapi import AUTH_ERRORS, POSE_REQUEST_BODY, error_responses
 from service.backends import Prepared
+from service.engine import Ticket
 from service.errors import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -110,27 +113,31 @@ async def pose(
     if svc.inflight >= settings.max_inflight_requests:
         raise OverloadedError(f"{svc.inflight} requests in flight; retry shortly")
     svc.inflight += 1
+    ticket: Ticket | None = None
     try:
         be = await svc.backends.acquire(name)  # a first use loads the model: not part of the deadline
+        ticket = be.admit()  # refused here, before the body is read, when it could not start in time
         deadline = time.monotonic() + settings.request_timeout_s
-        data = await _image_bytes(request, settings.max_image_bytes)
 
         def prepare() -> tuple[Prepared, tuple[int, int]]:
             rgb = decode_image(data, max_pixels=settings.max_image_pixels)
             return be.prepare(rgb), (rgb.shape[1], rgb.shape[0])
 
         try:
+            data = await asyncio.wait_for(_image_bytes(request, settings.max_image_bytes), settings.request_timeout_s)
             prepared, (width, height) = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(svc.decode_pool, prepare),
                 timeout=max(0.0, deadline - time.monotonic()),
             )
-            result = await be.infer(prepared, deadline=deadline, wait_s=deadline - time.monotonic())
+            result = await be.infer(prepared, deadline=deadline, wait_s=deadline - time.monotonic(), ticket=ticket)
         except TimeoutError:
             raise DeadlineExceededError(
                 f"no result within {settings.request_timeout_s:g} s (request_timeout_s)"
             ) from None
     finally:
         svc.inflight -= 1
+        if ticket is not None:
+            ticket.release()  # no-op once the image was queued in its slot
     threshold = settings.min_person_score if min_score is None else min_score
     return {
         "request_id": uuid.uuid4().hex,

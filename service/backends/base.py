@@ -1,5 +1,5 @@
-"""What the API and the stream scheduler use of a loaded backend: `prepare` (in a thread), then
-`await infer`."""
+"""What the API and the stream scheduler use of a loaded backend: `admit` (before reading the input),
+`prepare` (in a thread), then `await infer`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from models.registry import ModelEntry
 from models.runtime import Session
 from models.transforms import Letterbox
 from service.config import BackendSettings
-from service.engine import ItemResult, StageRunner
+from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
 __all__ = ["LoadedBackend", "Prepared", "await_result"]
@@ -71,22 +71,37 @@ class LoadedBackend:
         """True when the served weights are a seed network's random initialisation."""
         return self.card is not None and self.card.untrained
 
+    @property
+    def entry_runner(self) -> StageRunner[Prepared, Any, Any]:
+        """The stage whole images enter first; admission is decided there."""
+        raise NotImplementedError
+
+    def admit(self) -> Ticket:
+        """Reserve a slot for one image before reading or decoding it (see `StageRunner.admit`):
+        raises an `OverloadedError` (with `retry_after_s`) when it would wait too long."""
+        return self.entry_runner.admit()
+
     def prepare(self, image_rgb: np.ndarray) -> Prepared:
         raise NotImplementedError
 
     async def infer(
-        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
-        """Persons of one prepared image.
+        """Persons of one prepared image, in the slot `ticket` reserved (else admitted now).
 
         `deadline` (monotonic s) bounds the time spent queued; `wait_s` bounds the whole wait
-        (raises TimeoutError; queued work is cancelled). Raises `QueueFullError` when full.
+        (raises TimeoutError; queued work is cancelled). Raises an `OverloadedError` subclass
+        when refused or dropped for load (`QueueFullError`, `QueueDelayError`).
         """
         raise NotImplementedError
 
     @property
     def healthy(self) -> bool:
         return all(r.alive_workers == r.worker_count for r in self.runners)
+
+    def problems(self) -> list[str]:
+        """Stages with dead workers, named (readiness)."""
+        return [p for r in self.runners if (p := r.problem()) is not None]
 
     @property
     def worker_count(self) -> int:

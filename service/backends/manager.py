@@ -109,6 +109,10 @@ class BackendManager:
         """Every loaded backend still has all of its workers alive."""
         return all(b.healthy for b in self._loaded.values())
 
+    def problems(self) -> list[str]:
+        """Every stage of a loaded backend with dead workers, named (readiness)."""
+        return [problem for backend in self._loaded.values() for problem in backend.problems()]
+
     def describe(self) -> list[dict[str, Any]]:
         rows = []
         for name, entry in sorted(registry.BACKENDS.items()):

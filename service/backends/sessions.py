@@ -51,7 +51,12 @@ def run_rows(
     return [post([o[i] for o in outputs], i) for i in range(len(rows))], inference_s
 
 
-def warm_up(sessions: Sequence[Session], rows: list[np.ndarray]) -> None:
-    """One run per session before serving: the first request must not pay for ORT's first run."""
+def warm_up(sessions: Sequence[Session], rows: list[np.ndarray]) -> float:
+    """One run per session before serving (the first request must not pay for ORT's first run),
+    then one timed run: its seconds seed the stage's batch-time estimate (admission control)."""
+    batch = np.stack(rows)
     for session in sessions:
-        session.run(np.stack(rows))
+        session.run(batch)
+    started = time.perf_counter()
+    sessions[0].run(batch)
+    return time.perf_counter() - started

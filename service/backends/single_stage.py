@@ -16,7 +16,7 @@ from models.weights import WeightsStore
 from service.backends.base import LoadedBackend, Prepared, await_result
 from service.backends.sessions import load_sessions, run_rows, warm_up
 from service.config import BackendSettings, Settings
-from service.engine import ItemResult, StageRunner
+from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
 __all__ = ["SingleStageBackend"]
@@ -44,7 +44,7 @@ class SingleStageBackend(LoadedBackend):
         )
         self.runners = [self.runner]
         blank = np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8)
-        warm_up(sessions, [pipeline.preprocess(blank)[0]])
+        self.runner.seed_batch_time(1, warm_up(sessions, [pipeline.preprocess(blank)[0]]))
         self.runner.start()
 
     @classmethod
@@ -60,6 +60,10 @@ class SingleStageBackend(LoadedBackend):
             card=stored.card,
         )
 
+    @property
+    def entry_runner(self) -> StageRunner[Prepared, Persons, Session]:
+        return self.runner
+
     def prepare(self, image_rgb: np.ndarray) -> Prepared:
         tensor, geometry = self.pipeline.preprocess(image_rgb)
         return Prepared(tensor=tensor, geometry=geometry)
@@ -70,6 +74,6 @@ class SingleStageBackend(LoadedBackend):
         )
 
     async def infer(
-        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
-        return await await_result(self.runner.submit(prepared, deadline=deadline, key=key), wait_s)
+        return await await_result(self.runner.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)

@@ -26,7 +26,7 @@ from models.weights import WeightsStore
 from service.backends.base import LoadedBackend, Prepared, await_result
 from service.backends.sessions import load_sessions, run_rows, warm_up
 from service.config import BackendSettings, Settings, TopDownSettings
-from service.engine import ItemResult, StageRunner
+from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
 __all__ = ["Detections", "TopDownBackend"]
@@ -60,7 +60,10 @@ class TopDownBackend(LoadedBackend):
         self.entry = entry
         self.flip_test, self.padding = topdown.flip_test, topdown.padding
         self.detector, self.pose = detector, pose
-        pose_settings = settings.model_copy(update={"max_queue": max(settings.max_queue, topdown.pose_max_queue)})
+        # crops of admitted frames keep their item bound; their time bound is the request deadline
+        pose_settings = settings.model_copy(
+            update={"max_queue": max(settings.max_queue, topdown.pose_max_queue), "max_queue_delay_ms": None}
+        )
         self.providers = list(pose_sessions[0].providers)
         self.card = card
         self.detect: StageRunner[Prepared, Detections, Session] = self._runner(
@@ -72,9 +75,11 @@ class TopDownBackend(LoadedBackend):
         self.runners = [self.detect, self.pose_runner]
         self._frames = itertools.count()
         side = detector.input_size
-        warm_up(det_sessions, [detector.preprocess(np.zeros((side, side, 3), np.uint8))[0]])
+        det_row = detector.preprocess(np.zeros((side, side, 3), np.uint8))[0]
+        self.detect.seed_batch_time(1, warm_up(det_sessions, [det_row]))
         crop_w, crop_h = pose.crop_wh
-        warm_up(pose_sessions, [pose.preprocess_crop(np.zeros((crop_h, crop_w, 3), np.uint8))])
+        crop_row = pose.preprocess_crop(np.zeros((crop_h, crop_w, 3), np.uint8))
+        self.pose_runner.seed_batch_time(1, warm_up(pose_sessions, [crop_row]))
         for runner in self.runners:
             runner.start()
 
@@ -96,6 +101,10 @@ class TopDownBackend(LoadedBackend):
             card=stored.card,
         )
 
+    @property
+    def entry_runner(self) -> StageRunner[Prepared, Detections, Session]:
+        return self.detect
+
     def prepare(self, image_rgb: np.ndarray) -> Prepared:
         tensor, geometry = self.detector.preprocess(image_rgb)
         return Prepared(tensor=tensor, geometry=geometry, image_rgb=image_rgb)
@@ -114,10 +123,10 @@ class TopDownBackend(LoadedBackend):
         return run_rows(session, rows, lambda out, _: self.pose.postprocess_crop(out))
 
     async def infer(
-        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None
+        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
         started = time.monotonic()
-        det = await await_result(self.detect.submit(prepared, deadline=deadline, key=key), wait_s)
+        det = await await_result(self.detect.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
         found = det.value
         if not found.rows:
             return ItemResult(Persons.empty(), det.queue_s, det.inference_s, det.batch_size)

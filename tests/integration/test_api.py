@@ -23,7 +23,10 @@ def settings_for(model_dir: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "model_dir": model_dir,
         "max_image_bytes": MAX_BYTES,
-        "batching": BackendSettings(max_batch=8, max_wait_ms=20, max_queue=32, intra_op_threads=2),
+        # a generous queue-time bound: these tests are about answers; admission is test_overload.py's
+        "batching": BackendSettings(
+            max_batch=8, max_wait_ms=20, max_queue=32, max_queue_delay_ms=30_000, intra_op_threads=2
+        ),
     }
     return Settings(**{**base, **overrides})
 

@@ -1,0 +1,188 @@
+"""Overload and worker deaths through the app in-process, with the real MoveNet model behind a
+session wrapper that slows it down (so the burst overloads it on any hardware) or injects a fault."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+import service.api.pose as pose_api
+import service.backends.single_stage as single_stage
+import service.engine as engine
+from models.runtime import Session
+from service.config import BackendSettings, Settings
+from service.supervision import RestartBudget
+from tests.support import client_for, metric_samples
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+QUEUE_DELAY_MS = 400.0
+
+
+class Boom(BaseException):
+    """Escapes the worker's per-batch `except Exception`: the thread dies."""
+
+
+class WrappedSession:
+    """The real session, plus a fixed delay per batch and an injectable fault."""
+
+    def __init__(self, inner: Session, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+        self.faults = 0
+        self.lock = threading.Lock()
+
+    @property
+    def providers(self) -> Any:
+        return self.inner.providers
+
+    @property
+    def output_names(self) -> Any:
+        return self.inner.output_names
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        with self.lock:
+            fault = self.faults > 0
+            self.faults -= fault
+        if fault:
+            raise Boom("injected worker fault")
+        time.sleep(self.delay_s)
+        return self.inner.run(batch)
+
+
+def wrap_sessions(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> list[WrappedSession]:
+    made: list[WrappedSession] = []
+    real = single_stage.load_sessions
+
+    def load(*args: Any, **kwargs: Any) -> list[Session]:
+        made.extend(WrappedSession(s, delay_s) for s in real(*args, **kwargs))
+        return list(made)
+
+    monkeypatch.setattr(single_stage, "load_sessions", load)
+    return made
+
+
+def settings_for(model_dir: Path, **batching: Any) -> Settings:
+    knobs = {"max_batch": 2, "max_wait_ms": 5, "max_queue": 32, "intra_op_threads": 1, **batching}
+    return Settings(model_dir=model_dir, batching=BackendSettings(**knobs))
+
+
+def run(settings: Settings, scenario: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with client_for(settings) as client:
+            return await scenario(client)
+
+    return asyncio.run(main())
+
+
+def distinct_jpegs(n: int) -> list[bytes]:
+    """`n` different small JPEGs (each body identifies its request)."""
+    out = []
+    for i in range(n):
+        image = np.full((120, 160, 3), 40 + 4 * i, np.uint8)
+        ok, buf = cv2.imencode(".jpg", image)
+        assert ok
+        out.append(buf.tobytes())
+    return out
+
+
+def test_burst_refuses_before_decoding_and_answers_within_the_queue_bound(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrap_sessions(monkeypatch, delay_s=0.15)  # >= 0.3 s per batch of 2: the burst cannot all start in time
+    decoded: list[bytes] = []
+    real_decode = pose_api.decode_image
+
+    def counting_decode(data: bytes, *, max_pixels: int) -> np.ndarray:
+        decoded.append(data)
+        return real_decode(data, max_pixels=max_pixels)
+
+    monkeypatch.setattr(pose_api, "decode_image", counting_decode)
+    bodies = distinct_jpegs(40)
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[httpx.Response], str]:
+        responses = await asyncio.gather(
+            *(client.post("/v1/pose", content=b, headers={"content-type": "image/jpeg"}) for b in bodies)
+        )
+        return list(responses), (await client.get("/metrics")).text
+
+    responses, metrics = run(settings_for(model_dir, max_queue_delay_ms=QUEUE_DELAY_MS), scenario)
+    answered = [(b, r) for b, r in zip(bodies, responses, strict=True) if r.status_code == 200]
+    refused = [(b, r) for b, r in zip(bodies, responses, strict=True) if r.status_code == 503]
+    assert len(answered) + len(refused) == len(bodies), [r.status_code for r in responses]
+    assert answered and refused
+    for _, r in refused:
+        assert r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+    # refused at admission: the body was never decoded; answered: decoded once
+    at_admission = [b for b, r in refused if "would wait" in r.json()["error"]["message"]]
+    assert at_admission
+    assert not set(at_admission) & set(decoded)
+    assert all(decoded.count(b) == 1 for b, _ in answered)
+    # what was decoded was admitted: answered, or dropped after waiting the bound in the queue
+    dropped_in_queue = len(refused) - len(at_admission)
+    assert len(decoded) == len(answered) + dropped_in_queue
+    # answered requests waited less than the bound in the queue
+    assert all(r.json()["timing_ms"]["queue"] < QUEUE_DELAY_MS for _, r in answered)
+    drops = {lb["reason"]: v for lb, v in metric_samples(metrics, "poseserve_items_dropped_total")}
+    assert drops.get("overloaded") == len(at_admission)
+    assert drops.get("queue_delay", 0) == dropped_in_queue
+
+
+def test_a_worker_death_answers_503_then_heals(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions = wrap_sessions(monkeypatch, delay_s=0.0)
+    image = distinct_jpegs(1)[0]
+
+    async def post(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"})
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[httpx.Response], int, str]:
+        before = await post(client)
+        sessions[0].faults = 1
+        lost = await post(client)
+        deadline = time.monotonic() + 30
+        while (ready := await client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        after = await post(client)
+        return [before, lost, after], ready.status_code, (await client.get("/metrics")).text
+
+    (before, lost, after), ready, metrics = run(settings_for(model_dir), scenario)
+    assert before.status_code == 200
+    assert lost.status_code == 503, lost.text
+    assert lost.json()["error"]["code"] == "backend_unavailable" and int(lost.headers["retry-after"]) >= 1
+    assert ready == 200 and after.status_code == 200
+    restarts = metric_samples(metrics, "poseserve_worker_restarts_total")
+    assert restarts == [({"backend": "movenet-multipose", "stage": "pose"}, 1.0)]
+
+
+def test_a_stage_without_live_workers_is_not_ready(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions = wrap_sessions(monkeypatch, delay_s=0.0)
+    monkeypatch.setattr(engine, "RestartBudget", lambda: RestartBudget(max_restarts=1, backoff_initial_s=0.01))
+    image = distinct_jpegs(1)[0]
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[httpx.Response], httpx.Response]:
+        sessions[0].faults = 1_000  # every batch kills its worker
+        answers = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answers.append(await client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"}))
+            ready = await client.get("/readyz")
+            if ready.status_code == 503 and "not restarted" in str(ready.json()["problems"]):
+                break
+            await asyncio.sleep(0.02)
+        answers.append(await client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"}))
+        return answers, ready
+
+    answers, ready = run(settings_for(model_dir), scenario)
+    assert ready.status_code == 503
+    assert any("movenet-multipose" in p and "0 of 1" in p for p in ready.json()["problems"]), ready.json()
+    assert {r.status_code for r in answers} == {503}
+    assert {r.json()["error"]["code"] for r in answers} == {"backend_unavailable"}

@@ -18,12 +18,21 @@ from tests.support import client_for, sample_jpeg
 pytestmark = pytest.mark.integration
 
 
+SEED_BACKENDS = ["erpose-n", "amfacpose-r18"]
+
+
 @pytest.fixture
-def store_dir(tmp_path: Path, topdown_models: None) -> Path:
-    """A fresh weights store holding only the detector (linked from the user's store)."""
+def store_dir(tmp_path: Path, topdown_models: Path) -> Path:
+    """A fresh weights store (a temp dir) holding only the detector, linked from the tests' store."""
     for suffix in (".onnx", ".json"):
-        (tmp_path / f"nanodet{suffix}").symlink_to(DEFAULT_MODEL_DIR / f"nanodet{suffix}")
+        (tmp_path / f"nanodet{suffix}").symlink_to(topdown_models / f"nanodet{suffix}")
     return tmp_path
+
+
+def user_store_state(names: list[str]) -> dict[Path, int | None]:
+    """mtime (ns) of each model file of ``names`` in the user's store (None when absent)."""
+    paths = [DEFAULT_MODEL_DIR / f"{name}{suffix}" for name in names for suffix in (".onnx", ".json")]
+    return {p: p.stat().st_mtime_ns if p.exists() else None for p in paths}
 
 
 def post_all(settings: Settings, backends: list[str]) -> list[httpx.Response]:
@@ -40,7 +49,7 @@ def post_all(settings: Settings, backends: list[str]) -> list[httpx.Response]:
 
 
 def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
-    responses = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n", "amfacpose-r18"])
+    responses = post_all(Settings(model_dir=store_dir, preload=()), SEED_BACKENDS)
     for r in responses:
         assert r.status_code == 409, r.text
         error: dict[str, Any] = r.json()["error"]
@@ -49,12 +58,15 @@ def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
 
 
 def test_allow_untrained_exports_random_weights_and_says_so(store_dir: Path) -> None:
+    user_store_before = user_store_state(SEED_BACKENDS)
     allowed = Settings(model_dir=store_dir, preload=(), allow_untrained=True)
-    responses = post_all(allowed, ["erpose-n", "amfacpose-r18"])
+    responses = post_all(allowed, SEED_BACKENDS)
     for r in responses:
         assert r.status_code == 200, r.text
         assert r.json()["untrained"] is True
     assert (store_dir / "erpose-n.onnx").is_file() and (store_dir / "amfacpose-r18.json").is_file()
+    # the exports went into the store the server was given, not into the user's
+    assert user_store_state(SEED_BACKENDS) == user_store_before
     # the same untrained files are refused by a server that does not allow them
     refused = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n"])[0]
     assert refused.status_code == 409 and "untrained" in refused.json()["error"]["message"]

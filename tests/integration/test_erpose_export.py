@@ -14,7 +14,7 @@ from models.export import export_onnx
 from models.nets.erpose import INPUT_SIZE, erpose_n
 from models.zoo import calibrate_batchnorm
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 MAX_ABS_DIFF = 1e-3
 

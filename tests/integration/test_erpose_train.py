@@ -14,7 +14,7 @@ from models.nets.erpose import erpose_n
 from models.train.erpose_data import ERPoseDataset, collate
 from tests.support import require_pose_samples, skip_unless_ci
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 INPUT_SIZE = 320
 STEPS = 30

@@ -14,7 +14,7 @@ from models.export import export_onnx, sha256_file, write_card
 from models.nets import amfacpose, lehrnet
 from models.zoo import calibrate_batchnorm
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 MAX_ABS_DIFF = 1e-3
 CASES = {

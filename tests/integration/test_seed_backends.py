@@ -15,7 +15,7 @@ from models.zoo import build, export_to_store
 from service.config import Settings
 from tests.support import client_for, sample_jpeg
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 
 SEED_BACKENDS = ["erpose-n", "amfacpose-r18"]

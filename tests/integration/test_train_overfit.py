@@ -28,7 +28,7 @@ from models.train.loop import LossFn, train_step
 from models.transforms import COCO_FLIP_PAIRS
 from tests.support import require_pose_samples
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 STEPS = 30
 BATCH = 2

@@ -17,7 +17,7 @@ from models.nets.amfacpose import (
 )
 from models.profile import GIGA, count_macs, count_params
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.train]
 
 # (factory, input (H, W), paper params M, paper GFLOPs as 1e9 MACs)
 PAPER = {

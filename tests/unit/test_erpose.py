@@ -14,7 +14,7 @@ from models.train.assign import COCO_SIGMAS, assign, oks_matrix, task_alignment_
 from models.train.erpose_data import PAD_VALUE
 from models.transforms import letterbox
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.train]
 
 K = 17
 C = 1 + 3 * K

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.accuracy]
 )
 def test_keypoint_ap(model_dir: Path, topdown_models: Path, backend: str, floor: float) -> None:
     root, coco = coco_samples()
+    assert coco["images"], "no images in pose_samples/person_keypoints.json"
     settings = Settings(model_dir=model_dir, preload=())
 
     async def scenario() -> list[dict[str, Any]]:

@@ -54,6 +54,7 @@ def sessions(topdown_store: WeightsStore) -> dict[str, OrtModel]:
 def images() -> dict[int, np.ndarray]:
     """Every pose_samples image as (H, W, 3) uint8 RGB, by COCO image id."""
     root, coco = coco_samples()
+    assert coco["images"], "no images in pose_samples/person_keypoints.json"
     out = {}
     for image in coco["images"]:
         bgr = cv2.imread(str(root / image["file_name"]))

@@ -35,6 +35,11 @@ def user_store_state(names: list[str]) -> dict[Path, int | None]:
     return {p: p.stat().st_mtime_ns if p.exists() else None for p in paths}
 
 
+def settings_for(store_dir: Path, **overrides: Any) -> Settings:
+    """No preloading; a generous request timeout: the random networks' 20+ crops take seconds on a busy CPU."""
+    return Settings(model_dir=store_dir, preload=(), request_timeout_s=25, **overrides)
+
+
 def post_all(settings: Settings, backends: list[str], query: str = "") -> list[httpx.Response]:
     image = sample_jpeg()
 
@@ -49,7 +54,7 @@ def post_all(settings: Settings, backends: list[str], query: str = "") -> list[h
 
 
 def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
-    responses = post_all(Settings(model_dir=store_dir, preload=()), SEED_BACKENDS)
+    responses = post_all(settings_for(store_dir), SEED_BACKENDS)
     for r in responses:
         assert r.status_code == 409, r.text
         error: dict[str, Any] = r.json()["error"]
@@ -59,7 +64,7 @@ def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
 
 def test_allow_untrained_exports_random_weights_and_says_so(store_dir: Path) -> None:
     user_store_before = user_store_state(SEED_BACKENDS)
-    allowed = Settings(model_dir=store_dir, preload=(), allow_untrained=True)
+    allowed = settings_for(store_dir, allow_untrained=True)
     responses = post_all(allowed, SEED_BACKENDS)
     for r in responses:
         assert r.status_code == 200, r.text
@@ -68,7 +73,7 @@ def test_allow_untrained_exports_random_weights_and_says_so(store_dir: Path) -> 
     # the exports went into the store the server was given, not into the user's
     assert user_store_state(SEED_BACKENDS) == user_store_before
     # the same untrained files are refused by a server that does not allow them
-    refused = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n"])[0]
+    refused = post_all(settings_for(store_dir), ["erpose-n"])[0]
     assert refused.status_code == 409 and "untrained" in refused.json()["error"]["message"]
 
 
@@ -81,8 +86,9 @@ def test_checkpoint_export_is_served_as_trained(store_dir: Path, tmp_path_factor
     assert max(card["parity"]["max_abs_diff"].values()) < 1e-3
     # min_score=0: the random network's keypoint scores put every person under the default 0.2,
     # but each NanoDet box still comes back as a person with 17 keypoints
-    r = post_all(Settings(model_dir=store_dir, preload=()), ["amfacpose-r18"], query="&min_score=0")[0]
-    assert r.status_code == 200 and r.json()["untrained"] is False
+    r = post_all(settings_for(store_dir), ["amfacpose-r18"], query="&min_score=0")[0]
+    assert r.status_code == 200, r.text
+    assert r.json()["untrained"] is False
     persons = r.json()["persons"]
     assert len(persons) >= 2, persons  # the sample photo holds several people
     for person in persons:

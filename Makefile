@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev,convert,train
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEFAULT_MODEL ?= movenet-multipose
+# The pretrained models the tests use: `make models` pulls them once into the user's weights store,
+# and the tests link them into a temp store instead of pulling.
+PRETRAINED_MODELS ?= movenet-multipose nanodet movenet-thunder blazepose-heavy
 SHARED ?= $(abspath ../shared)
 BENCH_OUT ?= bench-results
 PYTEST_ARGS ?=
@@ -40,7 +43,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 models: setup
-	$(BIN)/poseserve models pull $(DEFAULT_MODEL) --parity-images $(SHARED)/data/pose_samples/images
+	@set -e; for name in $(DEFAULT_MODEL) $(filter-out $(DEFAULT_MODEL),$(PRETRAINED_MODELS)); do \
+		$(BIN)/poseserve models pull $$name --parity-images $(SHARED)/data/pose_samples/images; \
+	done
 
 run: models
 	$(BIN)/poseserve serve

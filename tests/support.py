@@ -1,4 +1,5 @@
-"""Shared test helpers: where ../shared is, real photos, bad inputs, image mutations, metric parsing."""
+"""Shared test helpers: missing prerequisites, where ../shared is, real photos, bad inputs, image mutations,
+metric parsing."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NoReturn
 
 import cv2
 import httpx
@@ -29,16 +31,29 @@ from service.spawn import spawned_server
 REPO = Path(__file__).resolve().parents[1]
 
 
+def skip_unless_ci(reason: str) -> NoReturn:
+    """A prerequisite is missing (``../shared``, its photos or videos, npm or a cached tarball, the
+    convert extra, the RTSP camera stack): skip with ``reason``, or fail with it when ``CI=true``,
+    since CI installs all of them and a skip there would hide a broken set-up.
+
+    Works at module level too. Not for what CI never has (a GPU): those stay plain skips.
+    """
+    __tracebackhide__ = True  # reports point at the caller
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: prerequisites must be present, not skipped)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 def shared_dir() -> Path:
     """../shared (the team's data), or POSESERVE_SHARED_DIR."""
     return Path(os.environ.get("POSESERVE_SHARED_DIR", REPO.parent / "shared")).resolve()
 
 
 def require_pose_samples() -> Path:
-    """The pose_samples folder (COCO keypoints json + images) or skip with the reason."""
+    """The pose_samples folder (COCO keypoints json + images); skips with the reason (fails under ``CI=true``)."""
     root = shared_dir() / "data" / "pose_samples"
     if not (root / "person_keypoints.json").is_file():
-        pytest.skip(f"real test data not found at {root} (set POSESERVE_SHARED_DIR to the shared folder)")
+        skip_unless_ci(f"real test data not found at {root} (set POSESERVE_SHARED_DIR to the shared folder)")
     return root
 
 

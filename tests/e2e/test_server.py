@@ -40,7 +40,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.mark.parametrize("backend", ["movenet-multipose", "topdown-movenet"])
-def test_bad_inputs_then_still_ready(server: str, topdown_models: None, backend: str) -> None:
+def test_bad_inputs_then_still_ready(server: str, topdown_models: Path, backend: str) -> None:
     with httpx.Client(base_url=server, timeout=30) as client:
         for bad in bad_inputs(MAX_BYTES):
             query = bad.query or f"backend={backend}"
@@ -86,7 +86,7 @@ def test_curl_multipart_like_the_readme(server: str) -> None:
     assert len(persons) >= 2 and all(len(p["keypoints"]) == 17 for p in persons)
 
 
-def test_topdown_four_people(server: str, topdown_models: None) -> None:
+def test_topdown_four_people(server: str, topdown_models: Path) -> None:
     grid, people = four_person_grid()
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok

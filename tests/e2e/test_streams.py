@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from loadtest.fleet import CameraFleet, fleet_available
-from tests.support import assert_clean_log, metric_samples, running_server, shared_dir
+from tests.support import assert_clean_log, metric_samples, running_server, shared_dir, skip_unless_ci
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +34,11 @@ class Env:
 def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     reason = fleet_available()
     if reason:
-        pytest.skip(f"RTSP camera fleet unavailable: {reason}")
+        skip_unless_ci(f"RTSP camera fleet unavailable: {reason}")
     videos_dir = shared_dir() / "data" / "videos" / "pose2sim_multi"
     videos = [videos_dir / f"cam0{i}.mp4" for i in range(1, 5)]
     if not all(v.is_file() for v in videos):
-        pytest.skip(f"videos not found in {videos_dir} (set POSESERVE_SHARED_DIR)")
+        skip_unless_ci(f"videos not found in {videos_dir} (set POSESERVE_SHARED_DIR)")
     settings_env = {
         "POSESERVE_STREAMS__READ_TIMEOUT_MS": str(READ_TIMEOUT_MS),
         "POSESERVE_STREAMS__OPEN_TIMEOUT_MS": "3000",

@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.accuracy]
     ("backend", "floor"),
     [("movenet-multipose", 0.26), ("topdown-movenet", 0.33), ("topdown-blazepose", 0.13)],
 )
-def test_keypoint_ap(model_dir: Path, topdown_models: None, backend: str, floor: float) -> None:
+def test_keypoint_ap(model_dir: Path, topdown_models: Path, backend: str, floor: float) -> None:
     root, coco = coco_samples()
+    assert coco["images"], "no images in pose_samples/person_keypoints.json"
     settings = Settings(model_dir=model_dir, preload=())
 
     async def scenario() -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from models.codecs.erpose import anchor_grid
 from models.export import calibrate_batchnorm, export_onnx
 from models.nets.erpose import INPUT_SIZE, erpose_n
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 MAX_ABS_DIFF = 1e-3
 

@@ -6,33 +6,26 @@ few seconds of CPU; cycling mini-batches over all 11 photos only reaches ~0.67x 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from models.losses.erpose import ERPoseLoss
 from models.nets.erpose import erpose_n
 from models.train.erpose_data import ERPoseDataset, collate
+from tests.support import require_pose_samples, skip_unless_ci
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 INPUT_SIZE = 320
 STEPS = 30
 BATCH = 4
 
 
-def _samples_dir() -> Path:
-    shared = Path(os.environ.get("POSESERVE_SHARED_DIR", Path(__file__).parents[2].parent / "shared"))
-    return shared / "data" / "pose_samples"
-
-
 def test_thirty_steps_halve_the_loss() -> None:
-    root = _samples_dir()
+    root = require_pose_samples()
     ann = root / "person_keypoints.json"
-    if not ann.is_file() or not (root / "images").is_dir():
-        pytest.skip(f"pose samples not found at {root} (set POSESERVE_SHARED_DIR)")
+    if not (root / "images").is_dir():
+        skip_unless_ci(f"pose sample photos not found at {root / 'images'} (set POSESERVE_SHARED_DIR)")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     dataset = ERPoseDataset(ann, root, INPUT_SIZE)

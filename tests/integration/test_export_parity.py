@@ -15,7 +15,7 @@ from models.export import build, calibrate_batchnorm, export_to_store
 from models.registry import MODELS, Trained
 from models.weights import WeightsStore
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 MAX_ABS_DIFF = 1e-3
 

@@ -15,24 +15,38 @@ from models.weights import DEFAULT_MODEL_DIR
 from service.config import Settings
 from tests.support import client_for, sample_jpeg
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
+
+
+SEED_BACKENDS = ["erpose-n", "amfacpose-r18"]
 
 
 @pytest.fixture
-def store_dir(tmp_path: Path, topdown_models: None) -> Path:
-    """A fresh weights store holding only the detector (linked from the user's store)."""
+def store_dir(tmp_path: Path, topdown_models: Path) -> Path:
+    """A fresh weights store (a temp dir) holding only the detector, linked from the tests' store."""
     for suffix in (".onnx", ".json"):
-        (tmp_path / f"nanodet{suffix}").symlink_to(DEFAULT_MODEL_DIR / f"nanodet{suffix}")
+        (tmp_path / f"nanodet{suffix}").symlink_to(topdown_models / f"nanodet{suffix}")
     return tmp_path
 
 
-def post_all(settings: Settings, backends: list[str]) -> list[httpx.Response]:
+def user_store_state(names: list[str]) -> dict[Path, int | None]:
+    """mtime (ns) of each model file of ``names`` in the user's store (None when absent)."""
+    paths = [DEFAULT_MODEL_DIR / f"{name}{suffix}" for name in names for suffix in (".onnx", ".json")]
+    return {p: p.stat().st_mtime_ns if p.exists() else None for p in paths}
+
+
+def settings_for(store_dir: Path, **overrides: Any) -> Settings:
+    """No preloading; a generous request timeout: the random networks' 20+ crops take seconds on a busy CPU."""
+    return Settings(model_dir=store_dir, preload=(), request_timeout_s=25, **overrides)
+
+
+def post_all(settings: Settings, backends: list[str], query: str = "") -> list[httpx.Response]:
     image = sample_jpeg()
 
     async def scenario() -> list[httpx.Response]:
         async with client_for(settings) as client:
             return [
-                await client.post(f"/v1/pose?backend={b}", content=image, headers={"content-type": "image/jpeg"})
+                await client.post(f"/v1/pose?backend={b}{query}", content=image, headers={"content-type": "image/jpeg"})
                 for b in backends
             ]
 
@@ -40,7 +54,7 @@ def post_all(settings: Settings, backends: list[str]) -> list[httpx.Response]:
 
 
 def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
-    responses = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n", "amfacpose-r18"])
+    responses = post_all(settings_for(store_dir), SEED_BACKENDS)
     for r in responses:
         assert r.status_code == 409, r.text
         error: dict[str, Any] = r.json()["error"]
@@ -49,14 +63,17 @@ def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
 
 
 def test_allow_untrained_exports_random_weights_and_says_so(store_dir: Path) -> None:
-    allowed = Settings(model_dir=store_dir, preload=(), allow_untrained=True)
-    responses = post_all(allowed, ["erpose-n", "amfacpose-r18"])
+    user_store_before = user_store_state(SEED_BACKENDS)
+    allowed = settings_for(store_dir, allow_untrained=True)
+    responses = post_all(allowed, SEED_BACKENDS)
     for r in responses:
         assert r.status_code == 200, r.text
         assert r.json()["untrained"] is True
     assert (store_dir / "erpose-n.onnx").is_file() and (store_dir / "amfacpose-r18.json").is_file()
+    # the exports went into the store the server was given, not into the user's
+    assert user_store_state(SEED_BACKENDS) == user_store_before
     # the same untrained files are refused by a server that does not allow them
-    refused = post_all(Settings(model_dir=store_dir, preload=()), ["erpose-n"])[0]
+    refused = post_all(settings_for(store_dir), ["erpose-n"])[0]
     assert refused.status_code == 409 and "untrained" in refused.json()["error"]["message"]
 
 
@@ -67,7 +84,12 @@ def test_checkpoint_export_is_served_as_trained(store_dir: Path, tmp_path_factor
     card = export_to_store("amfacpose-r18", store_dir, checkpoint=checkpoint)
     assert card.untrained is False and card.checkpoint == str(checkpoint)
     assert max(card.parity["max_abs_diff"].values()) < 1e-3
-    r = post_all(Settings(model_dir=store_dir, preload=()), ["amfacpose-r18"])[0]
-    assert r.status_code == 200 and r.json()["untrained"] is False
-    for person in r.json()["persons"]:
-        assert len(person["keypoints"]) == 17
+    # min_score=0: the random network's keypoint scores put every person under the default 0.2,
+    # but each NanoDet box still comes back as a person with 17 keypoints
+    r = post_all(settings_for(store_dir), ["amfacpose-r18"], query="&min_score=0")[0]
+    assert r.status_code == 200, r.text
+    assert r.json()["untrained"] is False
+    persons = r.json()["persons"]
+    assert len(persons) >= 2, persons  # the sample photo holds several people
+    for person in persons:
+        assert len(person["keypoints"]) == 17 and 0 <= person["score"] <= 1

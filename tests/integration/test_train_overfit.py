@@ -9,7 +9,6 @@ path is the one full training uses.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,23 +26,16 @@ from models.nets.lehrnet import lehrnet_w32
 from models.train.data import CocoCropDataset, CropAugment, stack_samples
 from models.train.loop import LossFn, train_step
 from models.transforms import COCO_FLIP_PAIRS
+from tests.support import require_pose_samples
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.train]
 
 STEPS = 30
 BATCH = 2
 
 
-def _samples_dir() -> Path:
-    shared = Path(os.environ.get("POSESERVE_SHARED_DIR", Path(__file__).parents[2].parent / "shared"))
-    root = shared / "data" / "pose_samples"
-    if not (root / "person_keypoints.json").is_file():
-        pytest.skip(f"pose samples not found at {root} (set POSESERVE_SHARED_DIR to the shared folder)")
-    return root
-
-
 def _batch(input_hw: tuple[int, int]) -> dict[str, np.ndarray]:
-    root = _samples_dir()
+    root = require_pose_samples()
     dataset = CocoCropDataset(root / "person_keypoints.json", root, input_hw, min_keypoints=8)
     assert len(dataset) >= BATCH
     batch = stack_samples([dataset[i] for i in range(BATCH)])

@@ -17,7 +17,7 @@ from models.nets.amfacpose import (
 from models.profile import GIGA, count_macs, count_params
 from models.registry import MODELS, Trained
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.train]
 
 # (factory, input (H, W), paper params M, paper GFLOPs as 1e9 MACs)
 PAPER = {
@@ -62,7 +62,9 @@ def test_forward_returns_simcc_logits() -> None:
 
 def test_every_ablation_row_builds_and_trains() -> None:
     x = torch.randn(2, 3, 32, 32)
-    for cfg in amfacpose_ablation_configs(input_hw=(32, 32)).values():
+    configs = amfacpose_ablation_configs(input_hw=(32, 32))
+    assert list(configs) == list(PAPER_ABLATION)
+    for cfg in configs.values():
         model = AMFACPose(cfg).train()
         x_logits, y_logits = model(x)
         (x_logits.mean() + y_logits.mean()).backward()
@@ -97,7 +99,9 @@ def test_params_and_macs_match_paper(name: str) -> None:
 
 def test_ablation_rows_match_table6() -> None:
     previous_params = 0
-    for row, cfg in amfacpose_ablation_configs().items():
+    configs = amfacpose_ablation_configs()
+    assert list(configs) == list(PAPER_ABLATION)  # every row of Table 6, in its order
+    for row, cfg in configs.items():
         model = AMFACPose(cfg)
         params = count_params(model)
         gmacs = count_macs(model, (1, 3, *cfg.input_hw)) / GIGA

@@ -15,7 +15,7 @@ from models.profile import count_params
 from models.train.assign import COCO_SIGMAS, assign, oks_matrix, task_alignment_error
 from models.transforms import letterbox
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.train]
 
 K = 17
 C = 1 + 3 * K

@@ -20,7 +20,7 @@ from models.nets.lehrnet import (
 from models.profile import GIBI, count_macs, count_params
 from models.registry import MODELS
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.train]
 
 HW = (256, 192)
 

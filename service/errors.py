@@ -6,17 +6,21 @@ from models.errors import PoseserveError as ServeError
 from models.errors import WeightsMissingError
 
 __all__ = [
+    "AuthRefusal",
     "BackendUnavailableError",
     "DeadlineExceededError",
     "DuplicateStreamError",
+    "Forbidden",
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidStreamUrlError",
     "OverloadedError",
     "QueueDelayError",
     "QueueFullError",
+    "RateLimited",
     "ServeError",
     "StreamLimitError",
+    "Unauthorized",
     "UnknownBackendError",
     "UnknownStreamError",
     "UnsupportedMediaTypeError",
@@ -93,3 +97,23 @@ class DuplicateStreamError(ServeError):
 
 class StreamLimitError(ServeError):
     code = "too_many_streams"
+
+
+class AuthRefusal(ServeError):
+    """A request refused by API-key auth; `headers` go on the answer. Messages never hold a key."""
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class Unauthorized(AuthRefusal):
+    code = "unauthorized"
+
+
+class Forbidden(AuthRefusal):
+    code = "forbidden"
+
+
+class RateLimited(AuthRefusal):
+    code = "rate_limited"

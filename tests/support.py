@@ -274,6 +274,19 @@ def bad_inputs(max_image_bytes: int) -> list[BadInput]:
     ]
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (seconds), for the pure logic that takes `clock=`."""
+
+    def __init__(self, start_s: float = 100.0) -> None:
+        self.now = start_s
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
 
 

@@ -29,12 +29,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.weights import WeightsStore
 from service.api import pose, streams
 from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
-from service.api.deps import STATUS, AuthRefusal, Services, error_response
+from service.api.deps import STATUS, Services, error_response
 from service.api.openapi import without_default_validation_answers
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import BackendUnavailableError, OverloadedError, ServeError
+from service.errors import AuthRefusal, BackendUnavailableError, OverloadedError, ServeError
 from service.metrics import Metrics
 from service.schemas import Readiness
 from service.streams.manager import StreamManager

@@ -22,9 +22,10 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 from starlette.websockets import WebSocket
 
-from service.api.deps import STATUS, AuthRefusal, RateLimited, authorize, error_response
+from service.api.deps import STATUS, authorize, error_response
 from service.auth import Keyring, Scope
 from service.config import AuthSettings
+from service.errors import AuthRefusal, RateLimited
 
 __all__ = ["ANY_KEY", "REFUSED_ROUTE", "AuthMiddleware", "reload_on_sighup", "route_scopes"]
 

@@ -16,17 +16,13 @@ from starlette.requests import HTTPConnection
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import ServeError
+from service.errors import AuthRefusal, Forbidden, RateLimited, Unauthorized
 from service.metrics import Metrics
 from service.streams.manager import StreamManager
 
 __all__ = [
     "STATUS",
-    "AuthRefusal",
-    "Forbidden",
-    "RateLimited",
     "Services",
-    "Unauthorized",
     "authorize",
     "error_response",
     "require_scope",
@@ -64,26 +60,6 @@ class Services:
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
     inflight: int = 0
-
-
-class AuthRefusal(ServeError):
-    """A request refused by API-key auth; `headers` go on the answer. Messages never hold a key."""
-
-    def __init__(self, message: str, headers: dict[str, str]) -> None:
-        super().__init__(message)
-        self.headers = headers
-
-
-class Unauthorized(AuthRefusal):
-    code = "unauthorized"
-
-
-class Forbidden(AuthRefusal):
-    code = "forbidden"
-
-
-class RateLimited(AuthRefusal):
-    code = "rate_limited"
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

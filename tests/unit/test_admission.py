@@ -15,20 +15,9 @@ from service.config import BackendSettings
 from service.engine import StageRunner
 from service.errors import BackendUnavailableError, OverloadedError, QueueDelayError, QueueFullError
 from service.metrics import Metrics
-from tests.support import metric_samples
+from tests.support import FakeClock, metric_samples
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000.0
 
 
 def control(

@@ -21,16 +21,9 @@ from service.auth import (
     parse_rate,
     redact_keys,
 )
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 def test_plain_env_keys_get_every_scope_and_scoped_ones_only_theirs() -> None:
@@ -144,7 +137,7 @@ def test_token_bucket_never_refills_backwards() -> None:
 
 
 def test_keyring_authenticates_and_limits_each_key_alone() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     env = parse_env_keys(["a:pose", "b"], parse_rate("1/s"))
     ring = Keyring(env, clock=clock)
     a, b = ring.authenticate("a"), ring.authenticate("b")
@@ -153,7 +146,7 @@ def test_keyring_authenticates_and_limits_each_key_alone() -> None:
     assert ring.admit(a) == 0.0
     assert ring.admit(a) == pytest.approx(1.0)
     assert ring.admit(b) == 0.0  # b has its own bucket
-    clock.now_s += 1.0
+    clock.now += 1.0
     assert ring.admit(a) == 0.0
 
 
@@ -216,7 +209,7 @@ def test_malformed_reload_keeps_the_old_keys(
 
 
 def test_reload_keeps_a_bucket_whose_limit_is_unchanged(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     path = tmp_path / "keys"
     path.write_text("steady rate=1/min\nchanging rate=1/min\n")
     ring = Keyring(key_file=path, clock=clock)

@@ -6,19 +6,9 @@ import pytest
 
 from service.batching import DynamicBatcher
 from service.errors import QueueFullError
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000.0
 
 
 def make(max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 16) -> tuple[DynamicBatcher[int], FakeClock]:

@@ -16,23 +16,13 @@ from service.config import BackendSettings
 from service.engine import ItemResult, StageRunner
 from service.errors import DeadlineExceededError, QueueFullError
 from service.metrics import Metrics
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.unit
 
 BACKEND, STAGE = "fake-backend", "pose"
 LABELS = {"backend": BACKEND, "stage": STAGE}
 WAIT_S = 5.0  # the longest any test waits for a worker thread
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000.0
 
 
 class FakeSession:

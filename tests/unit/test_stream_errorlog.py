@@ -7,16 +7,9 @@ import logging
 import pytest
 
 from service.streams.errorlog import ThrottledLog
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 def fail(log: ThrottledLog, seq: int) -> bool:
@@ -33,9 +26,9 @@ def test_first_failure_logged_then_one_line_per_interval_with_the_suppressed_cou
     log = ThrottledLog(logging.getLogger("test.errorlog"), interval_s=30.0, clock=clock)
     with caplog.at_level(logging.INFO, logger="test.errorlog"):
         logged = [fail(log, seq) for seq in range(1, 101)]  # 100 failing frames within one instant
-        clock.now_s += 29.9
+        clock.now += 29.9
         logged.append(fail(log, 101))
-        clock.now_s += 0.2  # 30.1 s after the first line
+        clock.now += 0.2  # 30.1 s after the first line
         logged.append(fail(log, 102))
 
     assert logged[0] and logged[-1] and not any(logged[1:-1])

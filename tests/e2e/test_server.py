@@ -33,6 +33,8 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "POSESERVE_MAX_IMAGE_BYTES": str(MAX_BYTES),
         "POSESERVE_BATCHING__MAX_WAIT_MS": "20",
         "POSESERVE_BATCHING__INTRA_OP_THREADS": "2",
+        # these tests check answers and batching, not admission: no request is refused for its queue wait
+        "POSESERVE_BATCHING__MAX_QUEUE_DELAY_MS": "30000",
     }
     with running_server(model_dir, log, **env) as (url, _):
         yield url

@@ -47,6 +47,13 @@ class BackendSettings(BaseModel):
         description="let idle ORT threads busy-wait; None = on for single-stage backends, off for top-down "
         "ones (their two sessions alternate, and one's spinning threads would slow the other)",
     )
+    worker_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="inference threads run this many nice levels below the event loop (Linux), so refusals and "
+        "health checks answer at once while the model saturates the cores; 0 = same priority",
+    )
     input_size: int | None = Field(None, ge=32, description="square input side; None = the model's default")
 
     @model_validator(mode="after")

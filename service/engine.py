@@ -40,6 +40,7 @@ from service.errors import (
     WorkerLostError,
 )
 from service.metrics import Metrics
+from service.priority import lower_this_thread
 from service.supervision import RestartBudget, Supervisor
 
 __all__ = ["ItemResult", "StageRunner", "Ticket"]
@@ -116,6 +117,7 @@ class StageRunner(Generic[In, Out, Session]):
             raise ValueError("a stage needs at least one session")
         self.backend, self.stage = backend, stage
         self.max_queue_delay_ms = settings.max_queue_delay_ms
+        self._nice = settings.worker_nice
         self._clock = clock
         self._batcher: DynamicBatcher[_Job[In, Out]] = DynamicBatcher(
             max_batch=settings.max_batch,
@@ -325,6 +327,7 @@ class StageRunner(Generic[In, Out, Session]):
 
     def _run(self, worker: _Worker[Session]) -> None:
         """Thread target: the batch loop. Anything escaping it is a death the supervisor handles."""
+        lower_this_thread(self._nice)  # below the event loop: refusals and health checks stay prompt
         try:
             self._work(worker)
         except BaseException as exc:  # a death, not an error to propagate: the supervisor restarts

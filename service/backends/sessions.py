@@ -12,6 +12,7 @@ import numpy as np
 from models.runtime import OrtModel, Session
 from service.config import BackendSettings
 from service.errors import BackendUnavailableError
+from service.priority import run_lowered
 
 __all__ = ["load_sessions", "run_rows", "warm_up"]
 
@@ -22,11 +23,13 @@ def load_sessions(path: Path, settings: BackendSettings, backend: str, *, spinni
     """`settings.workers` sessions of the ONNX file at `path` (one per worker thread).
 
     `spinning` is the default for idle ORT threads busy-waiting, unless `settings.ort_spinning`
-    says otherwise. A file that cannot be loaded raises `BackendUnavailableError`.
+    says otherwise. The sessions' threads run `settings.worker_nice` levels below the caller. A
+    file that cannot be loaded raises `BackendUnavailableError`.
     """
     if settings.ort_spinning is not None:
         spinning = settings.ort_spinning
-    try:
+
+    def create() -> list[Session]:
         return [
             OrtModel(
                 path,
@@ -37,6 +40,9 @@ def load_sessions(path: Path, settings: BackendSettings, backend: str, *, spinni
             )
             for _ in range(settings.workers)
         ]
+
+    try:
+        return run_lowered(create, settings.worker_nice)  # the runtime's own threads inherit the priority
     except Exception as exc:  # a corrupt or incompatible file must not take the service down
         raise BackendUnavailableError(f"backend {backend}: cannot load {path}: {exc}") from exc
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -240,7 +241,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the `with` blocks: cameras and server are stopped
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description="soak: mixed load for a long time, then compare")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--warmup-minutes", type=float, default=3.0)

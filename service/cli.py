@@ -16,6 +16,7 @@ from models.weights import WeightsStore
 from service.auth import RedactKeys, split_env_entry
 from service.bench import bench_http, bench_model, format_table, write_json
 from service.config import Settings
+from service.memory import limit_malloc_arenas
 from service.spawn import spawned_server
 
 __all__ = ["app", "main"]
@@ -59,6 +60,8 @@ def serve(
     from service.api import create_app
 
     settings = _settings(host=host, port=port, default_backend=backend, allow_untrained=allow_untrained)
+    if settings.malloc_arenas:
+        limit_malloc_arenas(settings.malloc_arenas)  # before any worker thread allocates
     # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
     # parallel loops would only compete with ONNX Runtime's threads for the same cores.
     cv2.setNumThreads(1)

@@ -135,6 +135,13 @@ class Settings(BaseSettings):
         65536, ge=4096, description="SO_SNDBUF of client connections; None = kernel autotuning"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    malloc_arenas: int | None = Field(
+        2,
+        ge=1,
+        le=64,
+        description="glibc malloc arenas of the server process (None = glibc's default, 8 per core): few arenas "
+        "keep the resident memory flat under load (service/memory.py)",
+    )
 
     default_backend: str = "movenet-multipose"
     preload: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -57,12 +57,20 @@ def run_rows(
     return [post([o[i] for o in outputs], i) for i in range(len(rows))], inference_s
 
 
-def warm_up(sessions: Sequence[Session], rows: list[np.ndarray]) -> float:
-    """One run per session before serving (the first request must not pay for ORT's first run),
-    then one timed run: its seconds seed the stage's batch-time estimate (admission control)."""
-    batch = np.stack(rows)
+def warm_up(sessions: Sequence[Session], row: np.ndarray, max_batch: int) -> dict[int, float]:
+    """Runs before serving: {batch size: seconds} of one timed batch of 1 and of `max_batch` rows.
+
+    Each session first runs its largest batch, so the runtime takes the memory of the largest
+    batch now rather than under load (a fresh server's RSS jumped by ~130 MB minutes into a soak,
+    the first time a full batch ran), and the first requests do not pay for first runs. The timed
+    runs seed the stage's batch-time estimates (admission control).
+    """
+    full = np.stack([row] * max_batch)
     for session in sessions:
-        session.run(batch)
-    started = time.perf_counter()
-    sessions[0].run(batch)
-    return time.perf_counter() - started
+        session.run(full)
+    seconds: dict[int, float] = {}
+    for size in sorted({1, max_batch}):
+        started = time.perf_counter()
+        sessions[0].run(full[:size])
+        seconds[size] = time.perf_counter() - started
+    return seconds

@@ -44,7 +44,8 @@ class SingleStageBackend(LoadedBackend):
         )
         self.runners = [self.runner]
         blank = np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8)
-        self.runner.seed_batch_time(1, warm_up(sessions, [pipeline.preprocess(blank)[0]]))
+        for size, seconds in warm_up(sessions, pipeline.preprocess(blank)[0], settings.max_batch).items():
+            self.runner.seed_batch_time(size, seconds)
         self.runner.start()
 
     @classmethod

@@ -76,10 +76,12 @@ class TopDownBackend(LoadedBackend):
         self._frames = itertools.count()
         side = detector.input_size
         det_row = detector.preprocess(np.zeros((side, side, 3), np.uint8))[0]
-        self.detect.seed_batch_time(1, warm_up(det_sessions, [det_row]))
+        for size, seconds in warm_up(det_sessions, det_row, settings.max_batch).items():
+            self.detect.seed_batch_time(size, seconds)
         crop_w, crop_h = pose.crop_wh
         crop_row = pose.preprocess_crop(np.zeros((crop_h, crop_w, 3), np.uint8))
-        self.pose_runner.seed_batch_time(1, warm_up(pose_sessions, [crop_row]))
+        for size, seconds in warm_up(pose_sessions, crop_row, pose_settings.max_batch).items():
+            self.pose_runner.seed_batch_time(size, seconds)
         for runner in self.runners:
             runner.start()
 

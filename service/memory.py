@@ -1,4 +1,4 @@
-"""Keep the server's resident memory flat under load: cap glibc's malloc arenas.
+"""Keep the server's resident memory flat under load: few glibc malloc arenas, a fixed mmap threshold.
 
 glibc gives threads that allocate concurrently their own malloc arenas (up to 8 per core). The
 server allocates large, short-lived buffers on many threads (Pillow decodes, numpy letterboxes,
@@ -6,6 +6,11 @@ ONNX Runtime outputs), and memory freed into one arena is not reused by another,
 with traffic. Measured on the CPU with 500 requests in process: default arenas +7 MiB (631 ->
 638 MiB, still rising; a 30-minute soak climbed ~15 MiB a minute), two arenas flat (609 MiB after
 100 and after 600 requests). `mallopt(M_ARENA_MAX)` must run before the worker threads start.
+
+With cameras the main heap still grew (~11 MiB a minute, all of it in `[heap]`): glibc raises its
+mmap threshold each time a large mmapped block is freed (camera frames are 0.9 MiB), after which
+such blocks come from the heap, fragment it and are never returned. A fixed threshold keeps every
+block above it in its own mapping, returned to the system when freed.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ import ctypes
 import ctypes.util
 import logging
 
-__all__ = ["limit_malloc_arenas"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "limit_malloc_arenas"]
 
 logger = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 * 1024
 
 
 def limit_malloc_arenas(count: int) -> bool:
-    """Cap glibc's malloc arenas at `count`; False (nothing changed) where libc is not glibc."""
+    """Cap glibc's malloc arenas at `count` and fix its mmap threshold at `MMAP_THRESHOLD_BYTES`;
+    False (nothing changed) where libc is not glibc."""
     name = ctypes.util.find_library("c")
     if name is None:
         return False
@@ -30,7 +38,8 @@ def limit_malloc_arenas(count: int) -> bool:
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
         return False
-    applied = bool(mallopt(M_ARENA_MAX, count))
+    applied = bool(mallopt(M_ARENA_MAX, count)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     if not applied:
-        logger.warning("mallopt(M_ARENA_MAX, %d) was refused; memory may creep up under load", count)
+        logger.warning("mallopt was refused (arenas %d, mmap threshold %d); memory may creep up under load", count,
+                       MMAP_THRESHOLD_BYTES)  # fmt: skip
     return applied

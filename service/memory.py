@@ -40,6 +40,5 @@ def limit_malloc_arenas(count: int) -> bool:
         return False
     applied = bool(mallopt(M_ARENA_MAX, count)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     if not applied:
-        logger.warning("mallopt was refused (arenas %d, mmap threshold %d); memory may creep up under load", count,
-                       MMAP_THRESHOLD_BYTES)  # fmt: skip
+        logger.warning("mallopt refused arenas=%d / mmap threshold=%d: memory may creep up", count, MMAP_THRESHOLD_BYTES)
     return applied

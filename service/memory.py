@@ -40,5 +40,7 @@ def limit_malloc_arenas(count: int) -> bool:
         return False
     applied = bool(mallopt(M_ARENA_MAX, count)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     if not applied:
-        logger.warning("mallopt refused arenas=%d / mmap threshold=%d: memory may creep up", count, MMAP_THRESHOLD_BYTES)
+        logger.warning(
+            "mallopt refused arenas=%d / mmap threshold=%d: memory may creep up", count, MMAP_THRESHOLD_BYTES
+        )
     return applied

@@ -35,7 +35,11 @@ def test_a_steady_run_passes_and_the_warm_up_is_ignored() -> None:
 
 def test_each_kind_of_drift_is_a_problem() -> None:
     assert "RSS grew" in problems([sample(60), sample(90, rss=530)])[0]
+    sawtooth = [sample(60, rss=520), sample(90, rss=480), sample(120, rss=490), sample(150, rss=525)]
+    assert problems(sawtooth) == []  # 480 -> 525 first to last, but the peaks hold
     assert "descriptors" in problems([sample(60), sample(90, fds=50)])[0]
+    creeping = [sample(60 + 30 * i, rss=500 + 8 * i) for i in range(8)]
+    assert "RSS grew" in problems(creeping)[0]
     assert "threads" in problems([sample(60), sample(90, threads=40)])[0]
     # connections that come and go are no trend: an early peak as high as the late one passes
     wavy = [sample(60, fds=48), sample(90, fds=40), sample(120, fds=41), sample(150, fds=47)]

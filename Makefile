@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev,convert,train
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEFAULT_MODEL ?= movenet-multipose
-# The pretrained models the tests use: `make models` pulls them once into the user's weights store,
+# The pretrained models the tests use: `make test` pulls them once into the user's weights store,
 # and the tests link them into a temp store instead of pulling.
 PRETRAINED_MODELS ?= movenet-multipose nanodet movenet-thunder blazepose-heavy
 SHARED ?= $(abspath ../shared)
@@ -18,7 +18,7 @@ SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstre
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gstreamer1.0-tools ffmpeg
 
-.PHONY: setup system-deps models run test lint pytest bench soak clean
+.PHONY: setup system-deps models test-models run test lint pytest bench soak clean
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -43,7 +43,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 models: setup
-	@set -e; for name in $(DEFAULT_MODEL) $(filter-out $(DEFAULT_MODEL),$(PRETRAINED_MODELS)); do \
+	$(BIN)/poseserve models pull $(DEFAULT_MODEL) --parity-images $(SHARED)/data/pose_samples/images
+
+test-models: models
+	@set -e; for name in $(filter-out $(DEFAULT_MODEL),$(PRETRAINED_MODELS)); do \
 		$(BIN)/poseserve models pull $$name --parity-images $(SHARED)/data/pose_samples/images; \
 	done
 
@@ -55,7 +58,7 @@ lint: setup
 	$(BIN)/ruff format --check service models tests
 	$(BIN)/mypy service models
 
-pytest: models
+pytest: test-models
 	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test: lint pytest

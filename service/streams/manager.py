@@ -184,6 +184,8 @@ class StreamManager:
         self._metrics.stream_frames_total.labels(stream=stream.name, outcome=outcome).inc(n)
 
     def _broadcast(self, stream: Stream, message: BaseModel) -> None:
+        if not stream.clients:
+            return  # nobody listens: no JSON to build on the event loop
         text = message.model_dump_json()
         for client in stream.clients:
             client.put(text)
@@ -319,7 +321,8 @@ class StreamManager:
             untrained=backend.untrained,
             captured_at=frame.captured_at_ns / 1e9,
             image=ImageSize(width=int(frame.image_bgr.shape[1]), height=int(frame.image_bgr.shape[0])),
-            persons=[Person(**p) for p in persons_json(result.value.above(self._min_person_score))],
+            # persons_json already gives the schema's exact types: no second validation per frame
+            persons=[Person.model_construct(**p) for p in persons_json(result.value.above(self._min_person_score))],
             latency_ms=StreamLatency(
                 capture_to_result=round(age_s * 1000, 2),
                 queue=round(result.queue_s * 1000, 2),

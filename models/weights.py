@@ -105,6 +105,7 @@ class WeightsStore:
         self.parity_images = tuple(Path(p) for p in parity_images)
         self.npm_timeout_s = npm_timeout_s
         self._digests: dict[tuple[str, int, int], str] = {}
+        self._cards: dict[tuple[str, int, int], ModelCard] = {}
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -122,15 +123,25 @@ class WeightsStore:
         return self.model_dir / f"{self._checked(name)}.json"
 
     def card(self, name: str) -> ModelCard | None:
-        """The card of ``name``, or None when it is absent or invalid (logged)."""
+        """The card of ``name`` (read again only when its size or mtime changed), or None when it
+        is absent or invalid (logged)."""
         path = self.card_path(name)
         try:
-            return read_card(path)
+            key = self._file_key(path)
+            card = self._cards.get(key)
+            if card is None:
+                card = self._cards[key] = read_card(path)
+            return card
         except FileNotFoundError:
             return None
         except (OSError, ValidationError) as exc:
             logger.warning("unreadable model card %s: %s", path, exc)
             return None
+
+    @staticmethod
+    def _file_key(path: Path) -> tuple[str, int, int]:
+        stat = path.stat()
+        return (str(path), stat.st_size, stat.st_mtime_ns)
 
     def _verify(self, name: str) -> StoredModel | str:
         """The verified model, or why it is not available."""
@@ -147,8 +158,7 @@ class WeightsStore:
 
     def _sha256(self, path: Path) -> str:
         """sha256 of `path`, remembered while its size and mtime stay the same."""
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = self._file_key(path)
         digest = self._digests.get(key)
         if digest is None:
             digest = self._digests[key] = sha256_file(path)

@@ -13,10 +13,11 @@ SHARED ?= $(abspath ../shared)
 BENCH_OUT ?= bench-results
 PYTEST_ARGS ?=
 
-# Debian packages the end-to-end tests start for real (RTSP cameras: GStreamer rtsp-server, ffmpeg).
+# Debian packages the end-to-end tests start for real (RTSP cameras: GStreamer rtsp-server, ffmpeg;
+# Prometheus and promtool; headless Chromium for the viewer; redis-server).
 SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
-	gstreamer1.0-tools ffmpeg
+	gstreamer1.0-tools ffmpeg prometheus chromium redis-server
 
 .PHONY: setup system-deps models test-models run test lint pytest bench soak clean
 

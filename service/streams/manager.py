@@ -246,28 +246,42 @@ class StreamManager:
     async def _schedule(self, stream: Stream) -> None:
         """Submit the newest frame whenever one arrives, the stream's slot is free and `max_fps` allows.
 
-        Frames superseded while the slot was busy count as `dropped_overload`; those superseded
-        while waiting out the `max_fps` interval count as `skipped`.
+        Frames superseded before they could go are `skipped` (the `max_fps` rate limit chose not
+        to take them) unless the stream's slot was busy through a submission slot `max_fps`
+        allowed: those lost slots, and no more, are `dropped_overload`. Lost slots accumulate in
+        fractions, so over time processed + dropped_overload = the frames `max_fps` would take
+        (at most the camera's rate), whatever the inference time; an idle server drops nothing.
         """
         period_s = 1.0 / stream.max_fps
         max_age_s = self._settings.frame_max_age_ms / 1000.0
         loop = asyncio.get_running_loop()
         in_flight: asyncio.Task[None] | None = None
         next_allowed = loop.time()
+        lost_slots = 0.0
         try:
             while True:
                 await stream.new_frame.wait()
                 stream.new_frame.clear()
+                woke_at = loop.time()  # a frame is waiting from here on
                 busy = in_flight is not None and not in_flight.done()
+                lost_s = 0.0
                 if in_flight is not None and busy:
                     await asyncio.wait({in_flight})
+                    lost_s = max(0.0, loop.time() - max(next_allowed, woke_at))
                 if (delay := next_allowed - loop.time()) > 0:
                     await asyncio.sleep(delay)
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
                     continue
-                superseded = FrameOutcome.DROPPED_OVERLOAD if busy else FrameOutcome.SKIPPED
-                self._count(stream, superseded, frame.seq - stream.last_seq - 1)
+                superseded = frame.seq - stream.last_seq - 1
+                overload = 0
+                if lost_s:  # max_fps slots that passed while a frame waited for the busy slot
+                    lost_slots += lost_s / period_s
+                    whole = int(lost_slots)
+                    lost_slots -= whole
+                    overload = min(superseded, whole)
+                self._count(stream, FrameOutcome.DROPPED_OVERLOAD, overload)
+                self._count(stream, FrameOutcome.SKIPPED, superseded - overload)
                 stream.last_seq = frame.seq
                 if time.monotonic() - frame.captured_mono > max_age_s:
                     self._count(stream, FrameOutcome.DROPPED_STALE)

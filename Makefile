@@ -19,7 +19,7 @@ SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstre
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gstreamer1.0-tools ffmpeg prometheus chromium redis-server
 
-.PHONY: setup system-deps models test-models run test lint pytest bench soak clean
+.PHONY: setup system-deps models test-models run test lint pytest bench bench-report soak clean
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -73,6 +73,10 @@ $(BENCH_OUT)/bench-640x480.jpg: | setup
 bench: models $(BENCH_OUT)/bench-640x480.jpg
 	$(BIN)/poseserve bench model $(DEFAULT_MODEL) --image $(BENCH_OUT)/bench-640x480.jpg --batch 1,8 --out $(BENCH_OUT)/model.json
 	$(BIN)/poseserve bench http --image $(BENCH_OUT)/bench-640x480.jpg --concurrency 1,8 --out $(BENCH_OUT)/http.json
+
+# Scenario matrix (1-8 cameras at 25 fps; HTTP concurrency 1, 8, 32) -> loadtest/report/REPORT.md + plots.
+bench-report: models system-deps
+	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/python -m loadtest.report $(REPORT_ARGS)
 
 # 30 minutes of cameras, WebSocket clients (one never reads) and HTTP at half capacity; not part of `make test`.
 soak: models system-deps

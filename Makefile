@@ -19,7 +19,7 @@ SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstre
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gstreamer1.0-tools ffmpeg prometheus chromium redis-server
 
-.PHONY: setup system-deps models test-models run test lint pytest bench bench-report soak clean
+.PHONY: setup system-deps models test-models run test lint pytest bench bench-report soak clean prom-check
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -63,6 +63,18 @@ pytest: test-models
 	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test: lint pytest
+
+# deploy/prometheus under promtool: both configs, the rule files, the rules' unit tests. Debian's promtool
+# is built without Kubernetes discovery; tests/integration/test_prometheus_config.py checks that config
+# with its discovery block swapped for file_sd.
+PROM_DIR := deploy/prometheus
+prom-check:
+	promtool check config $(PROM_DIR)/prometheus.yml
+	@out=$$(promtool check config $(PROM_DIR)/prometheus-kubernetes.yml 2>&1) && echo "$$out" || { \
+		grep -q 'field kubernetes_sd_configs not found' <<<"$$out" || { echo "$$out"; exit 1; }; \
+		echo "$(PROM_DIR)/prometheus-kubernetes.yml: this promtool lacks Kubernetes discovery (see tests/integration/test_prometheus_config.py)"; }
+	promtool check rules $(PROM_DIR)/rules/*.yml
+	promtool test rules $(PROM_DIR)/tests/*.yml
 
 # 640x480 JPEG made from a real photo in ../shared (never copied into the project tree).
 $(BENCH_OUT)/bench-640x480.jpg: | setup

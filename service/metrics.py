@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from service.streams.states import FrameOutcome, StreamState
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "gpu_families"]
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -83,6 +84,12 @@ class Metrics:
             registry=r,
         )
         self.workers = Gauge("poseserve_workers", "inference worker threads by state", ["state"], registry=r)
+        self.ready = Gauge(
+            "poseserve_ready",
+            "1 when /readyz answers ready (preloaded backends loaded, no stage without live workers, Redis "
+            "reachable when configured), else 0; evaluated at every /readyz and /metrics request",
+            registry=r,
+        )
         self.worker_restarts_total = Counter(
             "poseserve_worker_restarts_total",
             "inference worker threads restarted by their stage's supervisor after dying",
@@ -148,3 +155,16 @@ class Metrics:
             for value in values:
                 with contextlib.suppress(KeyError):
                     metric.remove(stream, value)
+
+
+def gpu_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    """Empty (utilization, memory used) families with label `gpu` (the NVML device index), filled at
+    scrape time by `service.gpu.NvmlCollector`; they exist only where NVML initialises."""
+    return (
+        GaugeMetricFamily(
+            "poseserve_gpu_utilization_ratio",
+            "fraction of the driver's last sample period in which a kernel ran on the GPU (NVML), 0..1",
+            labels=["gpu"],
+        ),
+        GaugeMetricFamily("poseserve_gpu_memory_used_bytes", "GPU memory in use, all processes (NVML)", labels=["gpu"]),
+    )

@@ -35,6 +35,7 @@ from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
 from service.errors import AuthRefusal, BackendUnavailableError, OverloadedError, ServeError
+from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
 from service.schemas import Readiness
 from service.streams.manager import StreamManager
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     `reload_keys_on_sighup` (the server process): SIGHUP rereads the API key file while it runs.
     """
     metrics = metrics or Metrics()
+    register_gpu_metrics(metrics.registry)  # only where NVML finds a GPU
     keyring = Keyring.from_settings(settings)  # a malformed key entry or key file fails here
     backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
     decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
@@ -126,18 +128,25 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
-    async def readyz() -> JSONResponse:
+    async def readiness_problems() -> list[str]:
+        """Why the service is not ready (empty: ready); sets `poseserve_ready`."""
         problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
         problems += backends.problems()  # stages with dead workers, named
         if settings.redis_url and not await _redis_reachable(settings.redis_url):
             problems.append("redis is unreachable")
+        metrics.ready.set(0.0 if problems else 1.0)
+        return problems
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
+    async def readyz() -> JSONResponse:
+        problems = await readiness_problems()
         if problems:
             return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
     async def metrics_endpoint() -> Response:
+        await readiness_problems()  # `poseserve_ready` as fresh as the scrape
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -64,6 +64,11 @@ pytest: test-models
 
 test: lint pytest
 
+# Grafana dashboards as code: regenerate deploy/grafana/dashboards/*.json (never edit the JSON by hand).
+.PHONY: dashboards
+dashboards: setup
+	$(BIN)/python -m deploy.grafana.build
+
 # 640x480 JPEG made from a real photo in ../shared (never copied into the project tree).
 $(BENCH_OUT)/bench-640x480.jpg: | setup
 	@mkdir -p $(BENCH_OUT)

@@ -429,6 +429,7 @@ def engine() -> dash.Dashboard:
             .y_axis(heatmap.YAxisConfig().unit("short").decimals(0))
             .cell_values(heatmap.CellValues().unit("short"))
             .show_value(common_models.VisibilityMode.NEVER)
+            .show_tooltip()
             .with_target(
                 query(
                     f"sum by (le) (increase(poseserve_batch_size_bucket{{{BACKEND}}}[{RATE}]))",

@@ -55,8 +55,8 @@ run: models
 	$(BIN)/poseserve serve
 
 lint: setup
-	$(BIN)/ruff check service models tests
-	$(BIN)/ruff format --check service models tests
+	$(BIN)/ruff check service models tests loadtest deploy
+	$(BIN)/ruff format --check service models tests loadtest deploy
 	$(BIN)/mypy service models
 
 pytest: test-models
@@ -75,6 +75,11 @@ prom-check:
 		echo "$(PROM_DIR)/prometheus-kubernetes.yml: this promtool lacks Kubernetes discovery (see tests/integration/test_prometheus_config.py)"; }
 	promtool check rules $(PROM_DIR)/rules/*.yml
 	promtool test rules $(PROM_DIR)/tests/*.yml
+
+# Grafana dashboards as code: regenerate deploy/grafana/dashboards/*.json (never edit the JSON by hand).
+.PHONY: dashboards
+dashboards: setup
+	$(BIN)/python -m deploy.grafana.build
 
 # 640x480 JPEG made from a real photo in ../shared (never copied into the project tree).
 $(BENCH_OUT)/bench-640x480.jpg: | setup

@@ -194,6 +194,13 @@ def overview() -> dash.Dashboard:
     )
     board = (
         board.with_row(dash.Row("Now"))
+        .with_panel(
+            big_number(
+                "Ready",
+                "min(poseserve_ready)",
+                description="1 when every instance answers /readyz 200 (models loaded, workers live, Redis reachable)",
+            )
+        )
         .with_panel(big_number("Requests/s", f"sum(rate(poseserve_requests_total[{RATE}]))", unit="reqps"))
         .with_panel(
             big_number(

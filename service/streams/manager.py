@@ -137,6 +137,7 @@ class StreamManager:
         )
         self._streams[stream_id] = stream
         self._publish_state_metric(stream)
+        self._zero_counters(name)
         reader.start()
         stream.task = asyncio.create_task(self._schedule(stream), name=f"stream-{name}")
         logger.info("stream %s (%s) subscribed: %s", name, stream_id, redact(url))
@@ -216,6 +217,18 @@ class StreamManager:
         if new > 0:
             stream.reconnects_counted += new
             self._metrics.stream_reconnects_total.labels(stream=stream.name).inc(new)
+
+    def _zero_counters(self, name: str) -> None:
+        """Every counter series of a new stream exists from 0, so `rate()`/`increase()` (and the
+        alerts built on them) see its first event instead of a series born at 1."""
+        for outcome in FrameOutcome:
+            self._metrics.stream_frames_total.labels(stream=name, outcome=outcome)
+        for counter in (
+            self._metrics.stream_reconnects_total,
+            self._metrics.stream_reader_restarts_total,
+            self._metrics.ws_messages_dropped_total,
+        ):
+            counter.labels(stream=name)
 
     def _publish_state_metric(self, stream: Stream) -> None:
         for state in StreamState:

@@ -138,7 +138,7 @@ class Harness:
             value = self.metrics.registry.get_sample_value(
                 "poseserve_stream_frames_total", {"stream": self.stream.name, "outcome": outcome}
             )
-            if value is not None:
+            if value:  # every outcome's series exists from 0
                 self.counted[outcome] = value
 
     async def settle(self, frames: int, timeout_s: float = 5.0) -> None:

@@ -113,6 +113,34 @@ def test_preview_serves_the_latest_frame_at_a_low_rate(model_dir: Path, video: P
     assert out["unknown"].status_code == 404 and out["unknown"].json()["error"]["code"] == "unknown_stream"
 
 
+def test_preview_needs_the_streams_scope(model_dir: Path) -> None:
+    settings = Settings(
+        model_dir=model_dir,
+        api_keys=("cams-key:streams", "pose-key:pose"),
+        streams=StreamSettings(preview_enabled=True),
+    )
+
+    async def scenario(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        created = await client.post("/v1/streams", json={"url": DEAD_CAMERA}, headers=bearer("cams-key"))
+        frame = f"/v1/streams/{created.json()['id']}/frame.jpg"
+        return {
+            "page": await client.get("/viewer"),
+            "none": await client.get(frame),
+            "pose": await client.get(frame, headers=bearer("pose-key")),
+            "streams": await client.get(frame, headers=bearer("cams-key")),
+        }
+
+    out = asyncio.run(_run(settings, scenario))
+    assert out["page"].status_code == 200  # the page holds no data; it calls the API with the user's key
+    assert out["none"].status_code == 401 and out["none"].json()["error"]["code"] == "unauthorized"
+    assert out["pose"].status_code == 403 and out["pose"].json()["error"]["code"] == "forbidden"
+    assert out["streams"].status_code == 503 and out["streams"].json()["error"]["code"] == "no_frame"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 async def _run(settings: Settings, scenario: Any) -> Any:
     async with client_for(settings) as client:
         return await scenario(client)

@@ -84,6 +84,10 @@ class StreamSettings(BaseModel):
     default_max_fps: float = Field(10.0, gt=0, le=120)
     frame_max_age_ms: float = Field(500.0, gt=0, description="frames older than this are dropped, not inferred")
     ws_queue_messages: int = Field(16, ge=1, description="per WebSocket client; the oldest is dropped when full")
+    preview_enabled: bool = Field(
+        False, description="serve each camera's latest frame at /v1/streams/{id}/frame.jpg (off: privacy)"
+    )
+    preview_fps: float = Field(2.0, gt=0, le=30, description="most JPEG encodes per second per stream (preview)")
 
 
 class TopDownSettings(BaseModel):

@@ -27,14 +27,15 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.weights import WeightsStore
-from service.api import pose, streams
+from service.api import pose, streams, viewer
 from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
 from service.api.deps import STATUS, Services, error_response
 from service.api.openapi import without_default_validation_answers
+from service.api.preview import FramePreviews
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import AuthRefusal, BackendUnavailableError, OverloadedError, ServeError
+from service.errors import AuthRefusal, BackendUnavailableError, NoFrameError, OverloadedError, ServeError
 from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
 from service.schemas import Readiness
@@ -64,7 +65,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         inference_timeout_s=settings.request_timeout_s,
         min_person_score=settings.min_person_score,
     )
-    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring)
+    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, FramePreviews(decode_pool))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +94,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     app.include_router(pose.router)
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
+    app.include_router(viewer.router)
     app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
 
     app.add_middleware(_Observe, metrics=metrics)  # outermost: counts refusals too
@@ -100,7 +102,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
         headers = None
-        if isinstance(exc, OverloadedError | BackendUnavailableError) and exc.retry_after_s is not None:
+        if isinstance(exc, OverloadedError | BackendUnavailableError | NoFrameError) and exc.retry_after_s is not None:
             headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
         elif isinstance(exc, AuthRefusal):
             headers = exc.headers

@@ -13,6 +13,7 @@ from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
+from service.api.preview import FramePreviews
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
@@ -37,6 +38,7 @@ STATUS = {
     "invalid_stream_url": 400,
     "unauthorized": 401,
     "forbidden": 403,
+    "preview_disabled": 403,
     "too_large": 413,
     "unsupported_media_type": 415,
     "unknown_backend": 404,
@@ -47,6 +49,7 @@ STATUS = {
     "rate_limited": 429,
     "overloaded": 503,
     "backend_unavailable": 503,
+    "no_frame": 503,
     "timeout": 504,
 }
 
@@ -59,6 +62,7 @@ class Services:
     streams: StreamManager
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
+    previews: FramePreviews
     inflight: int = 0
 
 

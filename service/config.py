@@ -51,7 +51,8 @@ class BackendSettings(BaseModel):
         5,
         ge=0,
         le=19,
-        description="inference threads run this many nice levels below the event loop (Linux), so refusals and "
+        description="inference threads (and, from `batching`, the image decode threads) run this many nice levels "
+        "below the event loop (Linux), so refusals and "
         "health checks answer at once while the model saturates the cores; 0 = same priority",
     )
     input_size: int | None = Field(None, ge=32, description="square input side; None = the model's default")

@@ -38,6 +38,7 @@ from service.config import Settings
 from service.errors import AuthRefusal, BackendUnavailableError, NoFrameError, OverloadedError, ServeError
 from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
+from service.priority import lower_this_thread
 from service.schemas import Readiness
 from service.streams.manager import StreamManager
 
@@ -55,7 +56,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     register_gpu_metrics(metrics.registry)  # only where NVML finds a GPU
     keyring = Keyring.from_settings(settings)  # a malformed key entry or key file fails here
     backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
-    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    # Decoding is CPU work like inference: below the event loop too, so refusals stay prompt under a burst.
+    decode_pool = ThreadPoolExecutor(
+        max_workers=settings.decode_threads,
+        thread_name_prefix="decode",
+        initializer=lower_this_thread,
+        initargs=(settings.batching.worker_nice,),
+    )
     stream_manager = StreamManager(
         settings.streams,
         backends,

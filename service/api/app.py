@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.weights import WeightsStore
 from service.api import pose, streams, viewer
 from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
-from service.api.deps import STATUS, Services, error_response
+from service.api.deps import Services, error_response, serve_error_response
 from service.api.openapi import without_default_validation_answers
 from service.api.preview import FramePreviews
+from service.api.shed import ShedOverload
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import AuthRefusal, BackendUnavailableError, NoFrameError, OverloadedError, ServeError
+from service.errors import ServeError
 from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
 from service.priority import lower_this_thread
@@ -102,18 +102,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
     app.include_router(viewer.router)
+    app.add_middleware(ShedOverload, services=svc)  # inside auth: a key is checked before a slot is asked
     app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
 
     app.add_middleware(_Observe, metrics=metrics)  # outermost: counts refusals too
 
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
-        headers = None
-        if isinstance(exc, OverloadedError | BackendUnavailableError | NoFrameError) and exc.retry_after_s is not None:
-            headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
-        elif isinstance(exc, AuthRefusal):
-            headers = exc.headers
-        return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
+        return serve_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

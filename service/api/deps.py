@@ -17,7 +17,16 @@ from service.api.preview import FramePreviews
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
-from service.errors import AuthRefusal, Forbidden, RateLimited, Unauthorized
+from service.errors import (
+    AuthRefusal,
+    BackendUnavailableError,
+    Forbidden,
+    NoFrameError,
+    OverloadedError,
+    RateLimited,
+    ServeError,
+    Unauthorized,
+)
 from service.metrics import Metrics
 from service.streams.manager import StreamManager
 
@@ -27,6 +36,7 @@ __all__ = [
     "authorize",
     "error_response",
     "require_scope",
+    "serve_error_response",
     "services",
     "websocket_key_ok",
 ]
@@ -68,6 +78,16 @@ class Services:
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def serve_error_response(exc: ServeError) -> JSONResponse:
+    """The answer to a `ServeError`: its status and code, `Retry-After` on a retryable refusal."""
+    headers = None
+    if isinstance(exc, OverloadedError | BackendUnavailableError | NoFrameError) and exc.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
+    elif isinstance(exc, AuthRefusal):
+        headers = exc.headers
+    return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
 
 
 async def services(request: Request) -> Services:

@@ -21,6 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import Services, require_scope, services
 from service.api.openapi import AUTH_ERRORS, POSE_REQUEST_BODY, error_responses
+from service.api.shed import SLOT
 from service.backends import Prepared
 from service.engine import Ticket
 from service.errors import (
@@ -116,7 +117,9 @@ async def pose(
     ticket: Ticket | None = None
     try:
         be = await svc.backends.acquire(name)  # a first use loads the model: not part of the deadline
-        ticket = be.admit()  # refused here, before the body is read, when it could not start in time
+        # refused before the body is read when it could not start in time (most often already by
+        # `ShedOverload`, which hands over the slot it reserved)
+        ticket = request.scope.get(SLOT) or be.admit()
         deadline = time.monotonic() + settings.request_timeout_s
 
         def prepare() -> tuple[Prepared, tuple[int, int]]:

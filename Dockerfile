@@ -9,6 +9,7 @@
 # venv and the store. The serving images hold no compiler, no TensorFlow and no torch.
 # Checked by hadolint and checkov (tests/integration/test_deploy.py, `make deploy-check`).
 
+# checkov:skip=CKV_DOCKER_7: FROM ${PYTHON_IMAGE} / ${CUDA_IMAGE} are pinned tags, set by the ARGs here (checkov does not expand ARGs)
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 # One ONNX Runtime release for both targets; onnxruntime-gpu 1.19+ on PyPI is built for CUDA 12 + cuDNN 9.

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,convert,train
+EXTRAS ?= dev,convert,train,deploy
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEFAULT_MODEL ?= movenet-multipose
 # The pretrained models the tests use: `make test` pulls them once into the user's weights store,
@@ -101,3 +101,27 @@ soak: models system-deps
 
 clean:
 	rm -rf $(VENV) $(BENCH_OUT) .mypy_cache .ruff_cache .pytest_cache
+
+# Packaging and deployment checks, no Docker engine or cluster needed: hadolint, the compose spec, every
+# k8s overlay built by kustomize (the monitoring generator is an exec plugin: --enable-alpha-plugins),
+# kubernetes-validate --strict, checkov, then tests/integration/test_deploy.py (CRD schemas, generated
+# monitoring equal to deploy/). `make k8s-render OVERLAY=gpu` prints the manifests to apply.
+K8S_OVERLAYS := cpu gpu
+OVERLAY ?= gpu
+KUSTOMIZE := KUSTOMIZE_PLUGIN_HOME=$(CURDIR)/deploy/kustomize-plugins POSESERVE_PYTHON=$(abspath $(BIN))/python \
+	$(BIN)/kubectl kustomize --enable-alpha-plugins
+.PHONY: deploy-check k8s-render
+k8s-render: setup
+	@$(KUSTOMIZE) k8s/overlays/$(OVERLAY)
+
+deploy-check: setup
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for o in $(K8S_OVERLAYS); do \
+		$(KUSTOMIZE) k8s/overlays/$$o > $$tmp/$$o.yaml; \
+		echo "k8s/overlays/$$o: $$(grep -c '^kind:' $$tmp/$$o.yaml) resources"; \
+	done; \
+	$(BIN)/checkov -f Dockerfile --framework dockerfile --compact --quiet --skip-download; \
+	$(BIN)/checkov -d $$tmp --framework kubernetes --compact --quiet --skip-download
+	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/pytest -q tests/integration/test_deploy.py

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.tracking.one_euro import OneEuroConfig, OneEuroFilter
-from service.tracking.tracker import TrackEvent, Tracker, TrackerConfig
+from service.tracking.tracker import Tracker, TrackerConfig, TrackEvent
 
 __all__ = ["STATIC_BOX_SHIFT", "FrameTracks", "TrackingSession"]
 

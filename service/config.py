@@ -84,6 +84,9 @@ class StreamSettings(BaseModel):
     default_max_fps: float = Field(10.0, gt=0, le=120)
     frame_max_age_ms: float = Field(500.0, gt=0, description="frames older than this are dropped, not inferred")
     ws_queue_messages: int = Field(16, ge=1, description="per WebSocket client; the oldest is dropped when full")
+    skeleton_only: bool = Field(
+        False, description="every stream is skeleton-only: no frame pixels kept after inference, no preview"
+    )
 
 
 class TopDownSettings(BaseModel):

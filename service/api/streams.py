@@ -43,7 +43,15 @@ _CLOSE_NOT_FOUND = 4404
     ),
 )
 async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> StreamInfo:
-    stream = await svc.streams.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
+    stream = await svc.streams.create(
+        body.url,
+        name=body.name,
+        backend=body.backend,
+        max_fps=body.max_fps,
+        tracking=body.tracking,
+        smoothing=body.smoothing,
+        skeleton_only=body.skeleton_only,
+    )
     return StreamInfo.from_snapshot(stream.snapshot())
 
 

@@ -54,7 +54,7 @@ class TrackingSession:
         result = self.tracker.update(keypoints, boxes_xyxy)
         for key in result.ended_keys:
             self._filters.pop(key, None)
-        out = np.array(keypoints, dtype=np.float64, copy=True).reshape(len(keypoints), -1, 3)
+        out = np.array(keypoints, dtype=np.float64, copy=True)
         if self.smoothing is not None:
             for i, key in enumerate(result.track_keys):
                 one_euro = self._filters.setdefault(key, OneEuroFilter(self.smoothing))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from models.persons import Persons
 from service.streams.states import FrameOutcome, StreamState
@@ -117,16 +117,27 @@ class Readiness(BaseModel):
 STREAM_URL_PATTERN = r"^(?:(?:[Rr][Tt][Ss][Pp][Ss]?|[Hh][Tt][Tt][Pp][Ss]?)://[^\s/?#]+|[Ff][Ii][Ll][Ee]:\S)\S*$"
 
 
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+"""an integer (12 or 12.0, as JSON Schema's `integer`), never true/false"""
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
 class TrackingOptions(BaseModel):
     """Per-stream tracking: a stable `track_id` on each person, `track` events when tracks are born or lost."""
 
     model_config = {"extra": "forbid"}
 
-    enabled: bool = Field(True, description="put track ids on persons and send track events")
-    max_age_frames: int = Field(
+    enabled: bool = Field(True, strict=True, description="put track ids on persons and send track events")
+    max_age_frames: Count = Field(
         30, ge=1, le=1000, description="processed frames a track survives without its person before it is lost"
     )
-    min_hits: int = Field(
+    min_hits: Count = Field(
         3, ge=1, le=100, description="frames in a row a person must be seen before the track gets an id (born)"
     )
 
@@ -136,12 +147,12 @@ class SmoothingOptions(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    enabled: bool = Field(False, description="off: keypoints are sent as the model gives them")
-    min_cutoff: float = Field(1.0, gt=0, le=100, description="Hz: the cutoff at rest (lower = smoother, more lag)")
-    beta: float = Field(
+    enabled: bool = Field(False, strict=True, description="off: keypoints are sent as the model gives them")
+    min_cutoff: Number = Field(1.0, gt=0, le=100, description="Hz: the cutoff at rest (lower = smoother, more lag)")
+    beta: Number = Field(
         0.01, ge=0, le=100, description="Hz per pixel/s: how fast the cutoff rises with speed (higher = less lag)"
     )
-    d_cutoff: float = Field(1.0, gt=0, le=100, description="Hz: the cutoff of the speed estimate")
+    d_cutoff: Number = Field(1.0, gt=0, le=100, description="Hz: the cutoff of the speed estimate")
 
 
 class StreamCreate(BaseModel):
@@ -162,6 +173,7 @@ class StreamCreate(BaseModel):
     smoothing: SmoothingOptions = Field(default_factory=SmoothingOptions)
     skeleton_only: bool = Field(
         False,
+        strict=True,
         description="keep no frame pixels after inference (no preview); forced for every stream by the server "
         "setting streams.skeleton_only",
     )

@@ -39,6 +39,9 @@ def test_bad_stream_requests(model_dir: Path) -> None:
         ({"url": DEAD_CAMERA, "smoothing": {"beta": -1}}, 422, "validation_error"),
         ({"url": DEAD_CAMERA, "smoothing": {"enabled": True, "gain": 2}}, 422, "validation_error"),
         ({"url": DEAD_CAMERA, "skeleton_only": "sometimes"}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "skeleton_only": 1}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "tracking": {"min_hits": True}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "smoothing": {"beta": False}}, 422, "validation_error"),
         ({}, 422, "validation_error"),
     ]
 

@@ -258,6 +258,9 @@ class StreamTrackEvent(BaseModel):
 
     event: Literal["track"] = "track"
     stream_id: str
-    seq: int = Field(description="the frame whose processing confirmed or ended the track")
+    frame_seq: int = Field(
+        description="`seq` of the frame whose processing confirmed or ended the track (not `seq`: result messages "
+        "alone carry that)"
+    )
     change: Literal["born", "lost"]
     track_id: int

@@ -381,7 +381,7 @@ class StreamManager:
                     self._broadcast(
                         stream,
                         StreamTrackEvent(
-                            stream_id=stream.id, seq=frame.seq, change=event.change, track_id=event.track_id
+                            stream_id=stream.id, frame_seq=frame.seq, change=event.change, track_id=event.track_id
                         ),
                     )
         # persons_json already gives the schema's exact types: no second validation per frame

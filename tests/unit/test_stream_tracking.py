@@ -142,8 +142,8 @@ def test_track_ids_and_events_on_the_socket() -> None:
     events = [m for m in messages if m.get("event") == "track"]
     assert [(e["change"], e["track_id"]) for e in events] == [("born", 1), ("born", 2), ("lost", 1)]
     born_at = messages.index(events[0])
-    assert messages[born_at + 2]["seq"] == events[0]["seq"] == 2  # events come before their frame's message
-    assert events[2]["seq"] == 9  # track 1 last seen in frame 5, missed in 6, 7, 8 (max_age 3): lost in 9
+    assert messages[born_at + 2]["seq"] == events[0]["frame_seq"] == 2  # events come before their frame's message
+    assert events[2]["frame_seq"] == 9  # track 1 last seen in frame 5, missed in 6, 7, 8 (max_age 3): lost in 9
 
 
 def test_tracking_off_sends_no_ids_and_no_events() -> None:

@@ -72,7 +72,7 @@ def test_a_real_stream_carries_track_ids_and_keeps_no_pixels(
         streams=StreamSettings(allow_file=True, skeleton_only=True, frame_max_age_ms=5000),
     )
 
-    async def scenario() -> tuple[list[dict[str, Any]], dict[int, bool]]:
+    async def scenario() -> tuple[list[dict[str, Any]], dict[int, bool], int]:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             svc: Services = app.state.services
@@ -81,28 +81,29 @@ def test_a_real_stream_carries_track_ids_and_keeps_no_pixels(
             )
             client = svc.streams.subscribe(stream.id)
             messages: list[dict[str, Any]] = []
-            alive: dict[int, bool] = {}
-            deadline = time.monotonic() + 60.0
+            most_alive = 0  # earlier frames still referenced at a result (a worker thread not yet moved on)
+            deadline = time.monotonic() + 120.0
             while sum("persons" in m for m in messages) < 12:
                 text = await asyncio.wait_for(client.get(), max(deadline - time.monotonic(), 0.01))
                 assert text is not None
                 messages.append(json.loads(text))
-                if "persons" in messages[-1]:  # every earlier frame's pixels are gone by now
+                if "persons" in messages[-1]:
                     gc.collect()
                     seq = messages[-1]["seq"]
-                    alive.update({s: any(r() is not None for r in rs) for s, rs in refs.items() if s < seq})
-            await svc.streams.delete(stream.id)
-            # the last frame too, once the worker thread that ran it has moved on (it set the result first)
-            last = max(refs)
-            deadline = time.monotonic() + 2.0
-            while any(r() is not None for r in refs[last]) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+                    earlier = [s for s, rs in refs.items() if s < seq and any(r() is not None for r in rs)]
+                    most_alive = max(most_alive, len(earlier))
+            await svc.streams.delete(stream.id)  # `stream` stays referenced here, its reader too
+            deadline = time.monotonic() + 10.0  # every frame, once the worker threads have moved on
+            while time.monotonic() < deadline:
                 gc.collect()
-            alive[last] = any(r() is not None for r in refs[last])
+                alive = {s: any(r() is not None for r in rs) for s, rs in refs.items()}
+                if not any(alive.values()):
+                    break
+                await asyncio.sleep(0.05)
             assert stream.skeleton_only  # forced by the server setting
-            return messages, alive
+            return messages, alive, most_alive
 
-    messages, alive = asyncio.run(scenario())
+    messages, alive, most_alive = asyncio.run(scenario())
     frames = [m for m in messages if "persons" in m]
     born = [m for m in messages if m.get("event") == "track" and m["change"] == "born"]
     assert born, [m.get("event") for m in messages]
@@ -111,3 +112,4 @@ def test_a_real_stream_carries_track_ids_and_keeps_no_pixels(
     assert ids and ids <= {e["track_id"] for e in born}
     assert all(p["track_id"] is None for m in messages[:first_id] if "persons" in m for p in m["persons"])
     assert len(alive) >= len(frames) and not any(alive.values()), alive
+    assert most_alive <= 2  # nothing accumulates while the stream runs

@@ -89,6 +89,9 @@ class StreamSettings(BaseModel):
         False, description="serve each camera's latest frame at /v1/streams/{id}/frame.jpg (off: privacy)"
     )
     preview_fps: float = Field(2.0, gt=0, le=30, description="most JPEG encodes per second per stream (preview)")
+    skeleton_only: bool = Field(
+        False, description="every stream is skeleton-only: no frame pixels kept after inference, no preview"
+    )
 
 
 class TopDownSettings(BaseModel):

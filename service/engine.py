@@ -358,6 +358,7 @@ class StageRunner(Generic[In, Out, Session]):
                 worker.held = []
                 if live:
                     self._admission.finished(worker.index)
+            del got, batch, live  # no reference to the inputs (frame pixels) while waiting for the next batch
 
     def _execute(self, session: Session, jobs: list[_Job[In, Out]], enqueued: list[float], started: float) -> None:
         try:

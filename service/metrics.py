@@ -33,6 +33,7 @@ _LATENCY_BUCKETS_S = (
     5,
     10,
 )
+_JITTER_BUCKETS_PX = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 
@@ -127,6 +128,14 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.stream_keypoint_jitter_pixels = Histogram(
+            "poseserve_stream_keypoint_jitter_pixels",
+            "per tracked person whose box barely moved since the previous processed frame: mean displacement "
+            "of its confident keypoints as sent (after smoothing, when on), image pixels",
+            ["stream"],
+            buckets=_JITTER_BUCKETS_PX,
+            registry=r,
+        )
         self.ws_clients = Gauge("poseserve_ws_clients", "connected WebSocket clients", ["stream"], registry=r)
         self.ws_messages_dropped_total = Counter(
             "poseserve_ws_messages_dropped_total",
@@ -143,6 +152,7 @@ class Metrics:
             self.stream_result_age_seconds,
             self.stream_reconnects_total,
             self.stream_reader_restarts_total,
+            self.stream_keypoint_jitter_pixels,
             self.ws_clients,
             self.ws_messages_dropped_total,
         ):

@@ -22,15 +22,19 @@ from service.config import StreamSettings
 from service.errors import NoFrameError
 from service.streams.stream import Stream
 
-__all__ = ["JPEG_QUALITY", "FramePreviews", "encode_jpeg", "preview_allowed"]
+__all__ = ["JPEG_QUALITY", "FramePreviews", "encode_jpeg", "preview_refusal"]
 
 JPEG_QUALITY = 80
 
 
-def preview_allowed(settings: StreamSettings, stream: Stream) -> bool:
-    """Whether `stream`'s frames may be shown (privacy): off unless `streams.preview_enabled`."""
-    del stream  # one place for per-stream rules (e.g. a skeleton-only stream)
-    return settings.preview_enabled
+def preview_refusal(settings: StreamSettings, stream: Stream) -> str | None:
+    """Why `stream`'s frames may not be shown (privacy), or None: off unless `streams.preview_enabled`,
+    and never for a skeleton-only stream (no pixels are kept after inference)."""
+    if not settings.preview_enabled:
+        return "frame preview is off (streams.preview_enabled)"
+    if settings.skeleton_only or stream.skeleton_only:
+        return "the stream is skeleton-only: no frame pixels are kept"
+    return None
 
 
 def encode_jpeg(image_bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketState
 
 from service.api.deps import Services, require_scope, services, websocket_key_ok
 from service.api.openapi import AUTH_ERRORS, JPEG_ANSWER, error_responses
-from service.api.preview import preview_allowed
+from service.api.preview import preview_refusal
 from service.errors import PreviewDisabledError, UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
 from service.streams.stream import ClientQueue
@@ -44,7 +44,15 @@ _CLOSE_NOT_FOUND = 4404
     ),
 )
 async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> StreamInfo:
-    stream = await svc.streams.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
+    stream = await svc.streams.create(
+        body.url,
+        name=body.name,
+        backend=body.backend,
+        max_fps=body.max_fps,
+        tracking=body.tracking,
+        smoothing=body.smoothing,
+        skeleton_only=body.skeleton_only,
+    )
     return StreamInfo.from_snapshot(stream.snapshot())
 
 
@@ -77,8 +85,8 @@ async def stream_frame(stream_id: str, svc: Services = Depends(services)) -> Res
     `streams.preview_enabled` (403 `preview_disabled`), 503 `no_frame` before its first frame."""
     stream = svc.streams.get(stream_id)
     settings = svc.settings.streams
-    if not preview_allowed(settings, stream):
-        raise PreviewDisabledError("frame preview is off (streams.preview_enabled)")
+    if (refusal := preview_refusal(settings, stream)) is not None:
+        raise PreviewDisabledError(refusal)
     jpeg = await svc.previews.jpeg(stream, settings.preview_fps)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 

@@ -113,6 +113,23 @@ def test_preview_serves_the_latest_frame_at_a_low_rate(model_dir: Path, video: P
     assert out["unknown"].status_code == 404 and out["unknown"].json()["error"]["code"] == "unknown_stream"
 
 
+def test_a_skeleton_only_stream_has_no_preview(model_dir: Path, video: Path) -> None:
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        private = await client.post("/v1/streams", json={"url": f"file://{video}", "skeleton_only": True})
+        public = await client.post("/v1/streams", json={"url": f"file://{video}", "name": "public"})
+        assert private.status_code == public.status_code == 201, private.text
+        await asyncio.sleep(1.0)
+        return (
+            await client.get(f"/v1/streams/{private.json()['id']}/frame.jpg"),
+            await first_frame(client, public.json()["id"]),
+        )
+
+    private, public = asyncio.run(_run(settings_for(model_dir, preview_enabled=True), scenario))
+    assert private.status_code == 403 and private.json()["error"]["code"] == "preview_disabled"
+    assert "skeleton-only" in private.json()["error"]["message"]
+    assert public.status_code == 200  # the preview itself is on
+
+
 def test_preview_needs_the_streams_scope(model_dir: Path) -> None:
     settings = Settings(
         model_dir=model_dir,

@@ -327,6 +327,15 @@ def cameras() -> dash.Dashboard:
         )
         .with_panel(
             series(
+                "Keypoint jitter",
+                quantile_queries("poseserve_stream_keypoint_jitter_pixels", "stream", STREAM, "{{stream}}"),
+                unit="px",
+                description="mean frame-to-frame keypoint displacement of tracked persons whose box barely moves "
+                "(what clients see: smoothed when the subscription smooths)",
+            )
+        )
+        .with_panel(
+            series(
                 "Frame outcomes",
                 [
                     query(

@@ -102,7 +102,6 @@ def test_bf16_variant_is_scored_and_installed_within_budget(own_store: WeightsSt
     assert choice.stored.path.name == f"{name}.onnx"
 
 
-@pytest.mark.slow
 def test_int8_variant_calibrates_on_video_frames(own_store: WeightsStore, shared_root: Path) -> None:
     """ONNX Runtime static int8 (no OpenVINO needed); calibrated on frames of one real video."""
     samples = require_pose_samples()

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,convert,train,deploy
+EXTRAS ?= dev,convert,train,deploy,openvino
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEFAULT_MODEL ?= movenet-multipose
 # The pretrained models the tests use: `make test` pulls them once into the user's weights store,

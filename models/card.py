@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CARD_VERSION", "InputSpec", "ModelCard", "read_card", "write_card"]
+__all__ = ["CARD_VERSION", "InputSpec", "ModelCard", "VariantInfo", "read_card", "write_card"]
 
 CARD_VERSION = 2
 Kind = Literal["single-stage", "top-down", "person-detector"]
@@ -50,6 +50,29 @@ class InputSpec(BaseModel):
         return data
 
 
+class VariantInfo(BaseModel):
+    """What a precision variant is (``poseserve models optimize``): the model it was made from, the
+    runtime and precision it runs at, its calibration set (int8) and the keypoint AP it costs.
+
+    ``accuracy``: ``{dataset, images, fp32_ap, ap, ap_delta, max_ap_drop, forced}`` (AP by
+    pycocotools on real photos; ``ap_delta`` = variant AP - fp32 AP).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: str
+    base_sha256: str
+    runtime: Literal["onnxruntime", "openvino"]
+    precision: Literal["fp32", "bf16", "fp16", "int8"]
+    calibration: dict[str, Any] | None = None
+    accuracy: dict[str, Any]
+
+    @property
+    def within_budget(self) -> bool:
+        """True when the variant lost no more AP than its budget allowed (not forced past it)."""
+        return float(self.accuracy["ap_delta"]) >= -float(self.accuracy["max_ap_drop"])
+
+
 class ModelCard(BaseModel):
     """One model file's card (``NAME.json`` beside ``NAME.onnx``)."""
 
@@ -73,6 +96,8 @@ class ModelCard(BaseModel):
     licence: dict[str, str]
     converter: dict[str, Any] | None = None
     created_at: str
+    variant: VariantInfo | None = None
+    """Set on precision variants only (their store name is ``MODEL.RUNTIME-PRECISION``)."""
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

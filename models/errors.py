@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["PoseModelError", "PoseserveError", "PullError", "WeightsMissingError"]
+__all__ = [
+    "OptimizeError",
+    "PoseModelError",
+    "PoseserveError",
+    "PullError",
+    "RuntimeUnavailableError",
+    "WeightsMissingError",
+]
 
 
 class PoseserveError(Exception):
@@ -40,3 +47,23 @@ class WeightsMissingError(PoseModelError):
     """
 
     code = "weights_missing"
+
+
+class RuntimeUnavailableError(PoseModelError):
+    """The inference runtime or precision asked for cannot run here: the runtime is not installed
+    (e.g. OpenVINO without the ``openvino`` extra), or this runtime or CPU lacks the precision.
+
+    The message names what is missing and how to get it.
+    """
+
+    code = "runtime_unavailable"
+
+
+class OptimizeError(PoseModelError):
+    """``poseserve models optimize`` could not build, check or install a precision variant (the
+    variant loses more keypoint AP than allowed, the calibration set is empty, ...).
+
+    Nothing was written into the model directory.
+    """
+
+    code = "optimize_failed"

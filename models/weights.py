@@ -253,6 +253,13 @@ class WeightsStore:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
 
+    def install(self, name: str, onnx_bytes: bytes, card: ModelCard) -> None:
+        """Put a file and its card under ``name`` (precision variants, `models.optimize`); the card's
+        sha256 must be the file's."""
+        if hashlib.sha256(onnx_bytes).hexdigest() != card.sha256:
+            raise ValueError(f"card of {name} does not match its file's sha256")
+        self._install(name, onnx_bytes, card)
+
     def _install(self, name: str, onnx_bytes: bytes, card: ModelCard) -> None:
         """Write both files to temporaries in ``model_dir``, fsync, then ``os.replace`` them."""
         self.model_dir.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,104 @@ def models_list() -> None:
     typer.echo(format_table(rows, ["name", "kind", "source", "present", "path"]))
 
 
+@models_app.command("optimize")
+def models_optimize(
+    name: Annotated[str, typer.Argument(help="single-stage model, e.g. movenet-multipose")],
+    precision: Annotated[str, typer.Option(help="bf16 | fp16 | int8")],
+    samples: Annotated[
+        Path, typer.Option(help="COCO keypoint folder (person_keypoints.json + images) scoring AP", exists=True)
+    ],
+    runtime: Annotated[str, typer.Option(help="onnxruntime | openvino")] = "onnxruntime",
+    calibration: Annotated[
+        list[Path] | None, typer.Option(help="int8: photos / videos (files or folders) to calibrate on; repeatable")
+    ] = None,
+    max_ap_drop: Annotated[float, typer.Option(help="largest keypoint AP loss accepted")] = 0.01,
+    force: Annotated[bool, typer.Option(help="install even when the AP loss exceeds --max-ap-drop")] = False,
+) -> None:
+    """Make a precision variant, score its keypoint AP against fp32 and install it if within budget."""
+    from models.errors import OptimizeError
+    from models.optimize import optimize
+    from models.runtimes import PRECISIONS, RUNTIMES
+
+    if runtime not in RUNTIMES or precision not in PRECISIONS:
+        typer.echo(f"runtime must be one of {RUNTIMES}, precision one of {PRECISIONS}", err=True)
+        raise typer.Exit(2)
+    store = WeightsStore(_settings().model_dir)
+    try:
+        result = optimize(
+            store,
+            name,
+            runtime=runtime,
+            precision=precision,
+            samples=samples,
+            calibration=calibration or (),
+            max_ap_drop=max_ap_drop,
+            force=force,
+        )
+    except OptimizeError as exc:
+        typer.echo(f"optimize {name} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    variant = result.card.variant
+    assert variant is not None
+    acc = variant.accuracy
+    typer.echo(
+        f"{result.card.name}: AP {acc['ap']:.4f} vs fp32 {acc['fp32_ap']:.4f} (delta {acc['ap_delta']:+.4f}, "
+        f"budget -{max_ap_drop}); batch 1: {result.img_per_s:.1f} img/s vs fp32 onnxruntime "
+        f"{result.fp32_img_per_s:.1f} img/s ({result.img_per_s / result.fp32_img_per_s:.2f}x)"
+    )
+    if not result.installed:
+        typer.echo(f"refused: loses more than {max_ap_drop} AP (use --force to install anyway)", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"installed {store.onnx_path(result.card.name)}" + (" (forced past the AP budget)" if acc["forced"] else "")
+    )
+
+
+@app.command("tune")
+def tune_cmd(
+    name: Annotated[str, typer.Argument(help="single-stage model, e.g. movenet-multipose")],
+    image: Annotated[
+        Path | None, typer.Option(help="input image (default: a blank 640x480 frame)", exists=True)
+    ] = None,
+    batch: Annotated[str, typer.Option(help="comma-separated batch sizes to try")] = "1,2,4,8",
+    seconds: Annotated[float, typer.Option(help="seconds per measurement")] = 1.5,
+    latency_budget_ms: Annotated[float, typer.Option(help="longest median batch time accepted")] = 100.0,
+) -> None:
+    """Measure every usable runtime x precision x batch size x split of the cores here; record the
+    fastest shape per variant (backends loading later use it unless set explicitly)."""
+    from service.tune import tune
+
+    settings = _settings()
+    rgb = None
+    if image is not None:
+        from models.optimize import read_rgb
+
+        rgb = read_rgb(image)
+    report = tune(
+        WeightsStore(settings.model_dir),
+        name,
+        settings.backend(name),
+        image_rgb=rgb,
+        batches=_ints(batch),
+        seconds=seconds,
+        latency_budget_ms=latency_budget_ms,
+    )
+    columns = ["variant", "workers", "intra_op_threads", "max_batch", "img_per_s", "batch_p50_ms", "eligible"]
+    typer.echo(format_table(report.rows, columns))
+    for key, row in sorted(report.best.items(), key=lambda kv: -kv[1]["img_per_s"]):
+        typer.echo(
+            f"{key}: best {row['img_per_s']} img/s at max_batch={row['max_batch']} workers={row['workers']} "
+            f"intra_op_threads={row['intra_op_threads']} (median batch {row['batch_p50_ms']} ms)"
+        )
+    if report.chosen is None:
+        typer.echo(f"nothing ran within {latency_budget_ms} ms per batch; nothing recorded", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"chosen: {report.chosen}, the most images per second within {latency_budget_ms} ms per batch; "
+        "explicit settings (POSESERVE_BATCHING__*, POSESERVE_BACKENDS) still win"
+    )
+
+
 @bench_app.command("model")
 def bench_model_cmd(
     name: Annotated[str, typer.Argument(help="backend name")],

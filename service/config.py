@@ -42,6 +42,16 @@ class BackendSettings(BaseModel):
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 = ORT default")
     providers: tuple[Provider, ...] = ("cuda", "cpu")
     fp16: bool = False
+    runtime: Literal["onnxruntime", "openvino"] | None = Field(
+        None,
+        description="inference runtime (openvino: the optional `openvino` extra); None = what measured fastest "
+        "on this machine within the AP budget (`poseserve tune`), else onnxruntime",
+    )
+    precision: Literal["fp32", "bf16", "fp16", "int8"] | None = Field(
+        None,
+        description="precision variant of a single-stage model (`poseserve models optimize`); None = what measured "
+        "fastest on this machine within the AP budget, else fp32. Top-down backends run fp32",
+    )
     ort_spinning: bool | None = Field(
         None,
         description="let idle ORT threads busy-wait; None = on for single-stage backends, off for top-down "

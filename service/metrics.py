@@ -91,6 +91,13 @@ class Metrics:
             "reachable when configured), else 0; evaluated at every /readyz and /metrics request",
             registry=r,
         )
+        self.backend_info = Gauge(
+            "poseserve_backend_info",
+            "1 per loaded backend, labelled with the inference runtime (onnxruntime, openvino) and the precision "
+            "(fp32, bf16, fp16, int8) it serves",
+            ["backend", "runtime", "precision"],
+            registry=r,
+        )
         self.worker_restarts_total = Counter(
             "poseserve_worker_restarts_total",
             "inference worker threads restarted by their stage's supervisor after dying",

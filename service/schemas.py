@@ -90,6 +90,12 @@ class BackendInfo(BaseModel):
     weights_present: bool
     loaded: bool
     providers: list[str]
+    runtime: str | None = Field(
+        None, description="inference runtime in use (onnxruntime, openvino); when not loaded, the configured one"
+    )
+    precision: str | None = Field(
+        None, description="precision served (fp32, bf16, fp16, int8); when not loaded, the configured one"
+    )
     max_batch: int
     max_wait_ms: float
     workers: int

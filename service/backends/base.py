@@ -48,6 +48,12 @@ class LoadedBackend:
     card: ModelCard | None
     providers: list[str]
     runners: Sequence[StageRunner[Any, Any, Any]]
+    runtime: str = "onnxruntime"
+    """The inference runtime of its sessions (`models.runtimes`)."""
+    precision: str = "fp32"
+    """The precision variant it serves (single-stage backends; top-down ones run fp32)."""
+    settings: BackendSettings | None = None
+    """The settings it runs with, measured batch shape applied (None: the configured ones)."""
 
     @property
     def name(self) -> str:

@@ -58,7 +58,15 @@ class BackendManager:
             kind = TopDownBackend if entry.kind == "top-down" else SingleStageBackend
             backend = kind.load(entry, self._settings, self._store, self._metrics)
             self._loaded[name] = backend
-            logger.info("backend %s ready (%d workers, %s)", name, backend.worker_count, backend.providers)
+            self._metrics.backend_info.labels(backend=name, runtime=backend.runtime, precision=backend.precision).set(1)
+            logger.info(
+                "backend %s ready (%d workers, %s, %s %s)",
+                name,
+                backend.worker_count,
+                backend.providers,
+                backend.runtime,
+                backend.precision,
+            )
             return backend
 
     def _check_weights(self, entry: ModelEntry) -> None:
@@ -117,7 +125,7 @@ class BackendManager:
         rows = []
         for name, entry in sorted(registry.BACKENDS.items()):
             loaded = self._loaded.get(name)
-            bs = self._settings.backend(name)
+            bs = loaded.settings if loaded is not None and loaded.settings is not None else self._settings.backend(name)
             rows.append(
                 {
                     "name": name,
@@ -129,6 +137,8 @@ class BackendManager:
                     "weights_present": all(self._store.available(w) for w in self.weights_needed(entry)),
                     "loaded": loaded is not None,
                     "providers": loaded.providers if loaded else [],
+                    "runtime": loaded.runtime if loaded else bs.runtime,
+                    "precision": loaded.precision if loaded else bs.precision,
                     "max_batch": bs.max_batch,
                     "max_wait_ms": bs.max_wait_ms,
                     "workers": bs.workers,

@@ -9,7 +9,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from models.runtime import OrtModel, Session
+from models.runtime import Session
+from models.runtimes import Precision, Runtime, open_session
 from service.config import BackendSettings
 from service.errors import BackendUnavailableError
 from service.priority import run_lowered
@@ -19,8 +20,17 @@ __all__ = ["load_sessions", "run_rows", "warm_up"]
 T = TypeVar("T")
 
 
-def load_sessions(path: Path, settings: BackendSettings, backend: str, *, spinning: bool) -> list[Session]:
-    """`settings.workers` sessions of the ONNX file at `path` (one per worker thread).
+def load_sessions(
+    path: Path,
+    settings: BackendSettings,
+    backend: str,
+    *,
+    spinning: bool,
+    runtime: Runtime | None = None,
+    precision: Precision = "fp32",
+) -> list[Session]:
+    """`settings.workers` sessions of the ONNX file at `path` (one per worker thread), on `runtime`
+    (None: `settings.runtime`, else ONNX Runtime) at `precision` (`settings.fp16`: fp16).
 
     `spinning` is the default for idle ORT threads busy-waiting, unless `settings.ort_spinning`
     says otherwise. The sessions' threads run `settings.worker_nice` levels below the caller. A
@@ -31,11 +41,12 @@ def load_sessions(path: Path, settings: BackendSettings, backend: str, *, spinni
 
     def create() -> list[Session]:
         return [
-            OrtModel(
+            open_session(
                 path,
+                runtime=runtime or settings.runtime or "onnxruntime",
+                precision="fp16" if settings.fp16 else precision,
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
-                fp16=settings.fp16,
                 allow_spinning=spinning,
             )
             for _ in range(settings.workers)

@@ -15,6 +15,7 @@ from models.runtime import Session
 from models.weights import WeightsStore
 from service.backends.base import LoadedBackend, Prepared, await_result
 from service.backends.sessions import load_sessions, run_rows, warm_up
+from service.backends.variants import choose_variant
 from service.config import BackendSettings, Settings
 from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
@@ -34,8 +35,11 @@ class SingleStageBackend(LoadedBackend):
         settings: BackendSettings,
         metrics: Metrics,
         card: ModelCard | None = None,
+        runtime: str = "onnxruntime",
+        precision: str = "fp32",
     ) -> None:
         self.entry = entry
+        self.runtime, self.precision, self.settings = runtime, precision, settings
         self.pipeline = pipeline
         self.providers = list(sessions[0].providers)
         self.card = card
@@ -50,15 +54,19 @@ class SingleStageBackend(LoadedBackend):
 
     @classmethod
     def load(cls, entry: ModelEntry, settings: Settings, store: WeightsStore, metrics: Metrics) -> SingleStageBackend:
-        bs = settings.backend(entry.backend or entry.name)
-        stored = store.require(entry.name)
+        choice = choose_variant(store, entry.name, settings.backend(entry.backend or entry.name))
+        bs, stored = choice.settings, choice.stored
         return cls(
             entry,
             pipeline=build.single_stage(entry, stored.card, PipelineOptions(input_size=bs.input_size)),
-            sessions=load_sessions(stored.path, bs, entry.name, spinning=True),
+            sessions=load_sessions(
+                stored.path, bs, entry.name, spinning=True, runtime=choice.runtime, precision=choice.precision
+            ),
             settings=bs,
             metrics=metrics,
             card=stored.card,
+            runtime=choice.runtime,
+            precision=choice.precision,
         )
 
     @property

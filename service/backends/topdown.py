@@ -65,6 +65,7 @@ class TopDownBackend(LoadedBackend):
             update={"max_queue": max(settings.max_queue, topdown.pose_max_queue), "max_queue_delay_ms": None}
         )
         self.providers = list(pose_sessions[0].providers)
+        self.runtime = settings.runtime or "onnxruntime"
         self.card = card
         self.detect: StageRunner[Prepared, Detections, Session] = self._runner(
             "detect", settings, det_sessions, self._detect, metrics

@@ -1,0 +1,141 @@
+"""``poseserve tune NAME``: measure, on this machine, every usable variant of a model at each batch
+size and each split of the cores into sessions x threads; keep the fastest shape per variant.
+
+Throughput is images per second with `workers` sessions running at once (one thread each, as the
+engine runs them), each on `max_batch`-row batches; a shape whose median batch time exceeds the
+latency budget is not eligible. The best shape of each variant goes to this machine's
+`MeasuredStore`, where backends loading later find it (explicit settings win over it). Never run
+from tests: the figures are timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from models import registry
+from models.measured import MeasuredStore, machine_description
+from models.pipelines import build
+from models.pipelines.base import PipelineOptions
+from models.runtimes import Precision, Runtime, open_session, variant_name
+from models.weights import WeightsStore
+from service.backends.variants import usable_variants
+from service.config import BackendSettings
+
+__all__ = ["TuneReport", "core_splits", "tune"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    rows: list[dict[str, Any]]
+    """One per (variant, workers, threads, batch): img_per_s, batch_p50_ms, eligible."""
+    best: dict[str, dict[str, Any]]
+    """Per variant key (``RUNTIME-PRECISION``): its fastest eligible row."""
+    chosen: str | None
+    """The variant a backend would now serve by default (None when nothing was eligible)."""
+
+
+def core_splits(cores: int, settings: BackendSettings) -> list[tuple[int, int]]:
+    """(sessions, threads each) that use every core once; explicit `workers` / `intra_op_threads` win."""
+    splits = [(w, cores // w) for w in range(1, cores + 1) if cores % w == 0]
+    if "workers" in settings.model_fields_set:
+        splits = [(w, t) for w, t in splits if w == settings.workers] or [
+            (settings.workers, max(1, cores // settings.workers))
+        ]
+    if "intra_op_threads" in settings.model_fields_set:
+        splits = [(w, settings.intra_op_threads) for w, _ in splits]
+    return sorted(set(splits))
+
+
+def _measure(
+    path: Any, runtime: Runtime, precision: Precision, workers: int, threads: int, batch: np.ndarray, seconds: float
+) -> tuple[float, float]:
+    """(images per second, median batch ms) of `workers` sessions running `batch` at once."""
+    sessions = [
+        open_session(path, runtime=runtime, precision=precision, providers=("cpu",), intra_op_threads=threads)
+        for _ in range(workers)
+    ]
+    for session in sessions:
+        session.run(batch)
+    times: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def loop(session: Any) -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            session.run(batch)
+            with lock:
+                times.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    pool = [threading.Thread(target=loop, args=(s,)) for s in sessions]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - began
+    return len(times) * len(batch) / elapsed, statistics.median(times) * 1000
+
+
+def tune(
+    store: WeightsStore,
+    name: str,
+    settings: BackendSettings,
+    *,
+    image_rgb: np.ndarray | None = None,
+    batches: Sequence[int] = (1, 2, 4, 8),
+    seconds: float = 1.5,
+    latency_budget_ms: float = 100.0,
+    cores: int | None = None,
+) -> TuneReport:
+    """Measure model `name` (single-stage) per usable variant x core split x batch size; record the
+    best eligible shape of each variant for this machine and return what was measured."""
+    entry = registry.MODELS[name]
+    if entry.kind != "single-stage":
+        raise ValueError(f"{name} is {entry.kind}: tune measures single-stage models")
+    base = store.require(name)
+    pipeline = build.single_stage(entry, base.card, PipelineOptions(input_size=settings.input_size))
+    image = image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8)
+    row = pipeline.preprocess(image)[0]
+    cores = cores or int(machine_description()["cores"])
+    if "max_batch" in settings.model_fields_set:
+        batches = [settings.max_batch]
+    measured = MeasuredStore(store.model_dir)
+    rows: list[dict[str, Any]] = []
+    best: dict[str, dict[str, Any]] = {}
+    for runtime, precision in usable_variants(store, name, settings):
+        key = f"{runtime}-{precision}"
+        path = store.require(variant_name(name, runtime, precision)).path
+        for workers, threads in core_splits(cores, settings):
+            for size in batches:
+                ips, p50_ms = _measure(path, runtime, precision, workers, threads, np.stack([row] * size), seconds)
+                result = {
+                    "variant": key,
+                    "workers": workers,
+                    "intra_op_threads": threads,
+                    "max_batch": size,
+                    "img_per_s": round(ips, 2),
+                    "batch_p50_ms": round(p50_ms, 2),
+                    "eligible": p50_ms <= latency_budget_ms,
+                }
+                rows.append(result)
+                logger.info("%s", result)
+                if result["eligible"] and result["img_per_s"] > best.get(key, {}).get("img_per_s", -1.0):
+                    best[key] = result
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, row_best in best.items():
+        figures = {k: row_best[k] for k in ("img_per_s", "max_batch", "workers", "intra_op_threads", "batch_p50_ms")}
+        measured.record(name, base.card.sha256, key, {**figures, "how": "tune", "at": when})
+    chosen = max(best, key=lambda k: best[k]["img_per_s"]) if best else None
+    return TuneReport(rows=rows, best=best, chosen=chosen)

@@ -1,0 +1,129 @@
+"""Which variant and batch shape a backend serves: explicit settings win, then what measured fastest
+here within the AP budget, then fp32 ONNX Runtime. A store of small placeholder files (selection
+reads cards, sha256s and measurements; it loads no model)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from models.card import InputSpec, ModelCard, VariantInfo
+from models.errors import WeightsMissingError
+from models.measured import MeasuredStore, machine_id
+from models.runtimes import runtime_problem, variant_name
+from models.weights import WeightsStore
+from service.backends.variants import choose_variant, usable_variants
+from service.config import BackendSettings
+
+pytestmark = pytest.mark.unit
+
+MODEL = "movenet-multipose"
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+def _card(name: str, data: bytes, variant: VariantInfo | None = None) -> ModelCard:
+    return ModelCard(
+        name=name,
+        kind="single-stage",
+        codec="movenet",
+        file=f"{name}.onnx",
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        input=InputSpec(name="input", dtype="int32", layout="NHWC", channels="RGB", size_hw=(384, 384)),
+        outputs=[],
+        parity={},
+        licence={"weights": "Apache-2.0"},
+        created_at="2026-11-29T00:00:00+00:00",
+        variant=variant,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> WeightsStore:
+    store = WeightsStore(tmp_path / "models")
+    store.install(MODEL, b"fp32 graph", _card(MODEL, b"fp32 graph"))
+    return store
+
+
+def _add_int8(store: WeightsStore, ap_delta: float) -> None:
+    base = store.require(MODEL).card
+    name = variant_name(MODEL, "onnxruntime", "int8")
+    variant = VariantInfo(
+        base=MODEL,
+        base_sha256=base.sha256,
+        runtime="onnxruntime",
+        precision="int8",
+        calibration={"frames": 2, "sources": ["a.jpg", "b.mp4#frame-0"]},
+        accuracy={"fp32_ap": 0.3, "ap": 0.3 + ap_delta, "ap_delta": ap_delta, "max_ap_drop": 0.01, "forced": False},
+    )
+    store.install(name, b"int8 graph", _card(name, b"int8 graph", variant))
+
+
+def _measure(store: WeightsStore, key: str, **figures: float) -> None:
+    MeasuredStore(store.model_dir).record(MODEL, store.require(MODEL).card.sha256, key, dict(figures))
+
+
+def test_nothing_measured_serves_fp32_onnxruntime_as_configured(store: WeightsStore) -> None:
+    settings = BackendSettings()
+    choice = choose_variant(store, MODEL, settings)
+    assert (choice.runtime, choice.precision, choice.stored.path.name) == ("onnxruntime", "fp32", f"{MODEL}.onnx")
+    assert choice.settings == settings
+    assert "nothing measured" in choice.reason
+
+
+def test_fastest_measured_variant_and_its_shape_win(store: WeightsStore) -> None:
+    _add_int8(store, ap_delta=-0.004)
+    _measure(store, "onnxruntime-fp32", img_per_s=60.0, max_batch=1, workers=2, intra_op_threads=1)
+    _measure(store, "onnxruntime-int8", img_per_s=90.0, max_batch=2, workers=2, intra_op_threads=1)
+    choice = choose_variant(store, MODEL, BackendSettings())
+    assert (choice.runtime, choice.precision) == ("onnxruntime", "int8")
+    assert choice.stored.path.name == f"{MODEL}.onnxruntime-int8.onnx"
+    assert (choice.settings.max_batch, choice.settings.workers, choice.settings.intra_op_threads) == (2, 2, 1)
+    assert "90.0 img/s" in choice.reason
+
+
+def test_explicit_settings_win_over_measurements(store: WeightsStore) -> None:
+    _add_int8(store, ap_delta=-0.004)
+    _measure(store, "onnxruntime-fp32", img_per_s=60.0, max_batch=1, workers=2, intra_op_threads=1)
+    _measure(store, "onnxruntime-int8", img_per_s=90.0, max_batch=2, workers=2, intra_op_threads=1)
+    choice = choose_variant(store, MODEL, BackendSettings(precision="fp32", max_batch=4))
+    assert choice.precision == "fp32"
+    assert (choice.settings.max_batch, choice.settings.workers) == (4, 2)  # measured workers, explicit batch
+
+
+def test_variant_over_its_ap_budget_only_when_asked_for(store: WeightsStore) -> None:
+    _add_int8(store, ap_delta=-0.05)
+    _measure(store, "onnxruntime-fp32", img_per_s=60.0)
+    _measure(store, "onnxruntime-int8", img_per_s=90.0)
+    assert ("onnxruntime", "int8") not in usable_variants(store, MODEL, BackendSettings())
+    assert choose_variant(store, MODEL, BackendSettings()).precision == "fp32"
+    assert choose_variant(store, MODEL, BackendSettings(precision="int8")).precision == "int8"
+
+
+def test_missing_variant_says_how_to_make_it(store: WeightsStore) -> None:
+    with pytest.raises(WeightsMissingError, match="poseserve models optimize movenet-multipose"):
+        choose_variant(store, MODEL, BackendSettings(precision="int8"))
+
+
+def test_measurements_of_another_copy_of_the_model_are_ignored(store: WeightsStore) -> None:
+    MeasuredStore(store.model_dir).record(MODEL, "0" * 64, "onnxruntime-fp32", {"img_per_s": 1.0, "max_batch": 3})
+    assert choose_variant(store, MODEL, BackendSettings()).settings.max_batch == 8
+    assert MeasuredStore(store.model_dir).path.name == f"{machine_id()}.json"
+
+
+@pytest.mark.skipif(HAS_OPENVINO, reason="checks the message given when OpenVINO is not installed")
+def test_openvino_absent_is_named_and_never_chosen(store: WeightsStore) -> None:
+    problem = runtime_problem("openvino")
+    assert problem is not None and "poseserve[openvino]" in problem
+    _measure(store, "openvino-fp32", img_per_s=500.0)
+    assert choose_variant(store, MODEL, BackendSettings()).runtime == "onnxruntime"
+    with pytest.raises(WeightsMissingError, match="OpenVINO runtime is not installed"):
+        choose_variant(store, MODEL, BackendSettings(runtime="openvino"))
+
+
+def test_onnxruntime_has_no_bf16() -> None:
+    assert "openvino" in (runtime_problem("onnxruntime", "bf16") or "")
+    assert runtime_problem("onnxruntime", "int8") is None

@@ -175,6 +175,9 @@ def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, see
     entry = SEED_MODELS.get(name)
     source = _trained(name)
     assert entry is not None
+    if source.export is not None:  # served as more than one graph: its own exporter
+        exported: ModelCard = resolve(source.export)(name, out, checkpoint=checkpoint, seed=seed)
+        return exported
     torch.manual_seed(seed)
     model = build(name)
     h, w = source.input.size_hw

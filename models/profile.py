@@ -78,12 +78,13 @@ ABLATION_FIGURES: dict[str, tuple[float | None, float | None]] = {
     "amfacpose-r34 ablation +CoordConv": (3.8, 5.2),
     "lehrnet-w32 leanblock only": (4.1, 1.3),
     "hrnet-w32": (28.5, 7.1),
+    "sharpose-b coarse only": (None, 5.7),  # Table 8 "Coarse-None"; params are the whole network's
 }
 
 
 def _profile_targets(name: str) -> list[tuple[str, Callable[[], nn.Module], tuple[int, int]]]:
     """(row name, factory, input hw) for `name` and, for AMFACPose-R34 / LE-HRNet, its ablations."""
-    from models.nets import amfacpose, lehrnet
+    from models.nets import amfacpose, lehrnet, sharpose
 
     entry = MODELS[name]
     assert isinstance(entry.source, Trained)
@@ -99,6 +100,8 @@ def _profile_targets(name: str) -> list[tuple[str, Callable[[], nn.Module], tupl
             (f"{name} leanblock only", lehrnet.lehrnet_w32_lean, hw),
             ("hrnet-w32", lehrnet.hrnet_w32, hw),
         ]
+    if name.startswith("sharpose"):  # the GMACs above run both stages, the paper's figure (Table 2)
+        rows.append((f"{name} coarse only", functools.partial(sharpose.coarse_only, name), hw))
     return rows
 
 

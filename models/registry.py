@@ -43,6 +43,9 @@ class Trained:
     input: InputSpec
     codec_params: dict[str, Any] = field(default_factory=dict)
     paper: tuple[float | None, float | None] = (None, None)
+    export: str | None = None
+    """``"module:function"`` replacing ``models.export.export_to_store`` for a network served as more
+    than one graph (SHaRPose: ``models.export_gated``)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class ModelEntry:
     source: PullSpec | Trained
     description: str
     detector: str | None = None
+    quality_gate: bool = False
+    """Top-down, served as a coarse graph on every crop and a fine graph only on the crops whose
+    predicted quality is below the backend's ``quality_threshold`` (``service.backends.gated``)."""
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -105,6 +111,28 @@ def _crop_seed(name: str, hw: tuple[int, int], codec: str, paper: tuple[float, f
             paper=paper,
         ),
         description=f"person detector -> crops -> {what} (no public weights: train or bring a checkpoint)",
+    )
+
+
+def _sharpose(name: str, hw: tuple[int, int], paper: tuple[float, float], what: str) -> ModelEntry:
+    h, w = hw
+    return ModelEntry(
+        name=name,
+        kind="top-down",
+        backend=name,
+        codec="heatmap",
+        pipeline="models.pipelines.sharpose:sharpose",
+        quality_gate=True,
+        source=Trained(
+            net=f"models.nets.sharpose:{name.replace('-', '_')}",
+            output_names=("heatmaps", "quality", "tokens", "patch_scores"),
+            input=_seed_input(h, w, **_IMAGENET),
+            codec_params={"heatmap_hw": [h // 4, w // 4]},
+            paper=paper,
+            export="models.export_gated:export_to_store",
+        ),
+        description=f"person detector -> crops -> {what}; fine stage only below the quality threshold "
+        "(no public weights: train or bring a checkpoint)",
     )
 
 
@@ -203,6 +231,10 @@ _ENTRIES: tuple[ModelEntry, ...] = (
     _crop_seed("amfacpose-r18", (256, 256), "simcc", (2.4, 1.9), "AMFACPose-R18, SimCC k=2, 256x256"),
     _crop_seed("amfacpose-r34", (384, 288), "simcc", (3.8, 5.2), "AMFACPose-R34, SimCC k=2, 384x288"),
     _crop_seed("lehrnet-w32", (256, 192), "heatmap", (4.2, 1.5), "LE-HRNet-W32, heatmaps, 256x192"),
+    _sharpose("sharpose-s", (256, 192), (28.4, 4.9), "SHaRPose-Small (alpha 0.5), heatmaps, 256x192"),
+    _sharpose("sharpose-s-384", (384, 288), (48.3, 11.0), "SHaRPose-Small (alpha 0.5), heatmaps, 384x288"),
+    _sharpose("sharpose-b", (256, 192), (93.9, 17.1), "SHaRPose-Base (alpha 0.4), heatmaps, 256x192"),
+    _sharpose("sharpose-b-384", (384, 288), (118.1, 32.9), "SHaRPose-Base (alpha 0.3), heatmaps, 384x288"),
     *(
         ModelEntry(
             name=f"erpose-{scale}",

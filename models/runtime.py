@@ -109,3 +109,11 @@ class OrtModel:
             batch = batch.astype(self.input_dtype)
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(o) for o in outputs]
+
+    def run_inputs(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run a graph of several inputs: one batch (N, ...) per input, in the graph's input order."""
+        names = [i.name for i in self.session.get_inputs()]
+        if len(batches) != len(names):
+            raise ValueError(f"{self.path.name} takes inputs {names}, got {len(batches)} arrays")
+        outputs = self.session.run(self.output_names, dict(zip(names, batches, strict=True)))
+        return [np.asarray(o) for o in outputs]

@@ -66,6 +66,13 @@ class BackendSettings(BaseModel):
         "health checks answer at once while the model saturates the cores; 0 = same priority",
     )
     input_size: int | None = Field(None, ge=32, description="square input side; None = the model's default")
+    quality_threshold: float = Field(
+        0.95,
+        ge=0,
+        le=2,
+        description="quality-gated top-down backends (SHaRPose): a crop whose predicted pose quality Q (0..1) "
+        "is below this also runs the fine stage; 0 = never refine, above 1 = always",
+    )
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> BackendSettings:

@@ -104,6 +104,13 @@ class Metrics:
             ["backend", "stage"],
             registry=r,
         )
+        self.quality_gate_total = Counter(
+            "poseserve_quality_gate_total",
+            "crops of a quality-gated top-down backend (SHaRPose) by the gate's decision: refined (predicted "
+            "quality below the backend's quality_threshold: also ran stage fine) or coarse (stage pose alone)",
+            ["backend", "decision"],
+            registry=r,
+        )
 
         # camera streams (label `stream` = the stream's name; bounded by streams.max_streams)
         self.stream_frames_total = Counter(

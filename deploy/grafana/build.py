@@ -556,6 +556,27 @@ def engine() -> dash.Dashboard:
                 span=8,
             )
         )
+        .with_row(dash.Row("Quality gate"))
+        .with_panel(
+            series(
+                "Quality gate decisions",
+                [
+                    query(
+                        zero_fallback(
+                            f"sum by (backend, decision) (rate(poseserve_quality_gate_total{{{BACKEND}}}[{RATE}]))",
+                            "backend",
+                            stage_always,
+                        ),
+                        "{{backend}} {{decision}}",
+                    )
+                ],
+                description="crops/s of quality-gated backends (SHaRPose) by the gate's decision: refined (also ran "
+                "stage fine) or coarse; refined / (refined + coarse) is the fraction refined, stage fine's batch "
+                "sizes are in the Batches row; 0 for backends without a gate",
+                stacked=True,
+                span=WIDTH,
+            )
+        )
         .with_row(dash.Row("GPU"))
         .with_panel(
             series(

@@ -15,6 +15,7 @@ from models import registry
 from models.registry import ModelEntry
 from models.weights import WeightsStore
 from service.backends.base import LoadedBackend
+from service.backends.gated import GatedTopDownBackend
 from service.backends.single_stage import SingleStageBackend
 from service.backends.topdown import TopDownBackend
 from service.config import Settings
@@ -55,7 +56,10 @@ class BackendManager:
             if backend is not None:
                 return backend
             self._check_weights(entry)
-            kind = TopDownBackend if entry.kind == "top-down" else SingleStageBackend
+            kind: type[TopDownBackend] | type[SingleStageBackend] = (
+                TopDownBackend if entry.kind == "top-down" else SingleStageBackend
+            )
+            kind = GatedTopDownBackend if entry.quality_gate else kind
             backend = kind.load(entry, self._settings, self._store, self._metrics)
             self._loaded[name] = backend
             self._metrics.backend_info.labels(backend=name, runtime=backend.runtime, precision=backend.precision).set(1)

@@ -89,6 +89,7 @@ def test_catalogue_names_are_consistent() -> None:
         "amfacpose-r34",
         "lehrnet-w32",
         *(f"erpose-{s}" for s in "nsml"),
+        *(f"sharpose-{s}" for s in ("s", "s-384", "b", "b-384")),
     }
     assert set(DETECTORS) == {"nanodet", "movenet-multipose"}
     for entry in MODELS.values():

@@ -512,6 +512,19 @@ def engine() -> dash.Dashboard:
         .with_row(dash.Row("Workers"))
         .with_panel(
             series(
+                "Backends: runtime and precision",
+                [
+                    query(
+                        f"max by (backend, runtime, precision) (poseserve_backend_info{{{BACKEND}}})",
+                        "{{backend}} {{runtime}}/{{precision}}",
+                    )
+                ],
+                description="the runtime and precision each loaded backend serves with (1 while loaded)",
+                span=8,
+            )
+        )
+        .with_panel(
+            series(
                 "Workers by state",
                 [query("sum by (state) (poseserve_workers)", "{{state}}")],
                 stacked=True,

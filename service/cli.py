@@ -226,5 +226,46 @@ def bench_http_cmd(
     typer.echo(f"wrote {out}")
 
 
+_STAT_COLUMNS = (
+    ("AP", "AP"),
+    ("AP50", "AP50"),
+    ("AP75", "AP75"),
+    ("APm", "AP_medium"),
+    ("APl", "AP_large"),
+    ("AR", "AR"),
+)
+
+
+@app.command("eval")
+def eval_cmd(
+    backend: Annotated[str, typer.Argument(help="served backend, e.g. movenet-multipose, topdown-movenet")],
+    data: Annotated[Path, typer.Option(help="COCO person-keypoint file", exists=True, dir_okay=False)],
+    images: Annotated[Path, typer.Option(help="folder the file's image names are relative to", exists=True)],
+    boxes: Annotated[str, typer.Option(help="top-down persons from the 'detector' or the 'gt' boxes")] = "detector",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """COCO keypoint AP/AR (pycocotools) of a SERVED backend: every image through the API in-process."""
+    import json
+
+    from service.evaluate import evaluate_backend
+
+    if boxes not in ("detector", "gt"):
+        raise typer.BadParameter("--boxes is 'detector' or 'gt'")
+    try:
+        report = evaluate_backend(backend, data, images, settings=_settings(), boxes=boxes)  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, KeyError) as exc:
+        typer.echo(f"eval {backend} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    rows = [
+        {"joints": label, **{col: round(stats[key], 4) for col, key in _STAT_COLUMNS}}
+        for label, stats in (("all 17", report.stats), ("body 12", report.body_stats))
+    ]
+    typer.echo(f"{backend} on {data} ({report.images} images, boxes: {report.boxes}, {report.seconds:.1f} s)")
+    typer.echo(format_table(rows, ["joints", *(c for c, _ in _STAT_COLUMNS)]))
+
+
 def main() -> None:
     app()

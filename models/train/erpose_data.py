@@ -198,8 +198,8 @@ class ERPoseDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         if self.augment is not None:
-            image, kpts_aug, boxes_aug = self._augmented(index)
-            tensor_aug = (image.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
+            canvas, kpts_aug, boxes_aug = self._augmented(index)
+            tensor_aug = (canvas.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
             return (
                 torch.from_numpy(tensor_aug),
                 torch.from_numpy(kpts_aug.astype(np.float32)),

@@ -267,5 +267,53 @@ def eval_cmd(
     typer.echo(format_table(rows, ["joints", *(c for c, _ in _STAT_COLUMNS)]))
 
 
+def _default_eval_data() -> Path | None:
+    import os
+
+    shared = os.environ.get("POSESERVE_SHARED_DIR")
+    path = Path(shared) / "data" / "pose_samples" / "person_keypoints.json" if shared else None
+    return path if path is not None and path.is_file() else None
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Argument(help="seed model, e.g. amfacpose-r18, lehrnet-w32, erpose-n")],
+    data: Annotated[Path, typer.Option(help="COCO person-keypoint file", exists=True, dir_okay=False)],
+    images: Annotated[Path, typer.Option(help="folder the file's image names are relative to", exists=True)],
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON overrides of the paper's defaults")] = None,
+    steps: Annotated[int | None, typer.Option(help="total optimiser steps (short runs; else epochs)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/last.pt")] = False,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/MODEL)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="per-process batch")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    workers: Annotated[int | None, typer.Option(help="data loader worker processes")] = None,
+    export: Annotated[bool, typer.Option(help="export into the weights store and evaluate at the end")] = True,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="COCO file to score the served export on (default: shared pose_samples)")
+    ] = None,
+) -> None:
+    """Train a seed network (the paper's optimiser and schedule), checkpoint, export and evaluate it."""
+    from models.train.trainer import config_for, train
+
+    eval_file = eval_data or _default_eval_data()
+    try:
+        cfg = config_for(
+            model, config, steps=steps, batch_size=batch_size, lr=lr, workers=workers, export=export, eval_data=eval_file
+        )
+    except KeyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    result = train(model, data, images, out or Path("runs") / model, cfg, resume=resume, model_dir=_settings().model_dir)
+    typer.echo(
+        f"{model}: steps {result.start_step}->{result.steps}, {result.seconds_per_step:.2f} s/step, "
+        f"loss {result.losses[0] if result.losses else float('nan'):.4f} -> "
+        f"{result.losses[-1] if result.losses else float('nan'):.4f}; checkpoint {result.checkpoint}"
+    )
+    if result.card is not None:
+        typer.echo(f"exported {result.card.file} into {_settings().model_dir}")
+    if result.eval is not None:
+        typer.echo(f"served {model} on {eval_file}: AP {result.eval['stats']['AP']:.4f}")
+
+
 def main() -> None:
     app()

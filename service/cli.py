@@ -297,13 +297,13 @@ def train_cmd(
 
     eval_file = eval_data or _default_eval_data()
     try:
-        cfg = config_for(
-            model, config, steps=steps, batch_size=batch_size, lr=lr, workers=workers, export=export, eval_data=eval_file
-        )
+        overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "workers": workers, "export": export}
+        cfg = config_for(model, config, eval_data=eval_file, **overrides)
     except KeyError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    result = train(model, data, images, out or Path("runs") / model, cfg, resume=resume, model_dir=_settings().model_dir)
+    run_dir = out or Path("runs") / model
+    result = train(model, data, images, run_dir, cfg, resume=resume, model_dir=_settings().model_dir)
     typer.echo(
         f"{model}: steps {result.start_step}->{result.steps}, {result.seconds_per_step:.2f} s/step, "
         f"loss {result.losses[0] if result.losses else float('nan'):.4f} -> "

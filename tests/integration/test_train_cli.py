@@ -57,7 +57,8 @@ def _run(model: str, store: Path, out: Path, steps: int, *, resume: bool = False
         eval_first=1,
     )
     torch.set_num_threads(2)
-    return train(model, lspet / "person_keypoints.json", lspet, out, cfg, resume=resume, model_dir=store, progress=False)
+    ann = lspet / "person_keypoints.json"
+    return train(model, ann, lspet, out, cfg, resume=resume, model_dir=store, progress=False)
 
 
 def _check(model: str, store: Path, tmp_path: Path, *, workers: int) -> None:

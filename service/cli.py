@@ -28,6 +28,8 @@ models_app = typer.Typer(help="The weights store: pull pretrained models, list w
 bench_app = typer.Typer(help="Benchmarks: raw model throughput and served HTTP latency.")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+data_app = typer.Typer(help="Training data: pseudo-labels from a teacher backend, merged supervision.")
+app.add_typer(data_app, name="data")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -313,6 +315,56 @@ def train_cmd(
         typer.echo(f"exported {result.card.file} into {_settings().model_dir}")
     if result.eval is not None:
         typer.echo(f"served {model} on {eval_file}: AP {result.eval['stats']['AP']:.4f}")
+
+
+@data_app.command("pseudolabel")
+def data_pseudolabel(
+    teacher: Annotated[str, typer.Option(help="served backend that labels, e.g. topdown-movenet")],
+    out: Annotated[Path, typer.Option(help="COCO keypoint file to write")],
+    images: Annotated[Path | None, typer.Option(help="folder of photos (file names relative to it)")] = None,
+    videos: Annotated[list[Path] | None, typer.Option(help="video files (frames written beside --out)")] = None,
+    every: Annotated[int, typer.Option(help="video: label every N-th frame")] = 15,
+    min_score: Annotated[float, typer.Option(help="keep persons scoring at least this")] = 0.4,
+    min_keypoint_score: Annotated[float, typer.Option(help="a joint scoring at least this is labelled")] = 0.3,
+    min_keypoints: Annotated[int, typer.Option(help="keep persons with at least this many labelled joints")] = 8,
+) -> None:
+    """Label persons with a pretrained backend (as served); keep only confident ones; teacher in `info`."""
+    import json
+
+    from service.pseudolabel import IMAGE_SUFFIXES, Thresholds, extract_frames, pseudolabel
+
+    if (images is None) == (not videos):
+        raise typer.BadParameter("give either --images DIR or --videos FILE...")
+    if images is not None:
+        root, source = images, str(images)
+        files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        root, source = out.parent, ", ".join(str(v) for v in videos or [])
+        files = [f for v in videos or [] for f in extract_frames(v, out.parent / "frames", every)]
+    thresholds = Thresholds(min_score, min_keypoint_score, min_keypoints)
+    coco = pseudolabel(_settings(), teacher, files, root, source, thresholds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(coco))
+    typer.echo(f"{out}: {len(coco['annotations'])} persons in {len(coco['images'])} images (image root {root})")
+
+
+@data_app.command("merge")
+def data_merge(
+    labels: Annotated[Path, typer.Option(help="COCO keypoint labels", exists=True, dir_okay=False)],
+    teacher: Annotated[Path, typer.Option(help="pseudo-labels of the same images", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="merged COCO keypoint file to write")],
+    min_oks: Annotated[float, typer.Option(help="OKS a teacher person needs to complete a label")] = 0.5,
+    add_unmatched: Annotated[bool, typer.Option(help="add teacher persons no label matches")] = False,
+) -> None:
+    """Labels completed by a teacher: face points (joints 0-4) the labels lack (models.train.merge)."""
+    import json
+
+    from models.train.merge import MergeRule, merge_supervision
+
+    rule = MergeRule(min_oks=min_oks, add_unmatched=add_unmatched)
+    merged = merge_supervision(json.loads(labels.read_text()), json.loads(teacher.read_text()), rule)
+    out.write_text(json.dumps(merged))
+    typer.echo(f"{out}: {merged['info']['merge']}")
 
 
 def main() -> None:

@@ -86,9 +86,13 @@ def pseudolabel(
     """A COCO keypoint dict of ``images`` (file names relative to ``root``) labelled by ``teacher``."""
     items = [ServedImage(i + 1, path) for i, path in enumerate(images)]
     served = run_served(settings, teacher, items)
-    coco_images, annotations = [], []
+    coco_images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for item in items:
-        h, w = cv2.imread(str(item.path), cv2.IMREAD_UNCHANGED).shape[:2]
+        pixels = cv2.imread(str(item.path), cv2.IMREAD_UNCHANGED)
+        if pixels is None:
+            raise ValueError(f"cannot read image {item.path}")
+        h, w = pixels.shape[:2]
         coco_images.append(
             {"id": item.image_id, "file_name": item.path.relative_to(root).as_posix(), "width": w, "height": h}
         )

@@ -88,6 +88,7 @@ def test_amfacpose_r18_trains_resumes_exports_and_serves(store: Path, tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two exports with parity checks; LE-HRNet's took over 5 min on 2 loaded cores
 @pytest.mark.parametrize("model", ["amfacpose-r34", "lehrnet-w32", "erpose-n", "erpose-s", "erpose-m", "erpose-l"])
 def test_seed_model_trains_resumes_exports_and_serves(model: str, store: Path, tmp_path: Path) -> None:
     _check(model, store, tmp_path, workers=0)

@@ -136,9 +136,16 @@ def _trained(name: str) -> Trained:
     return source
 
 
-def build(name: str) -> nn.Module:
-    """A fresh network of catalogue entry ``name`` (its ``Trained.net`` factory)."""
-    model: nn.Module = resolve(_trained(name).net)()
+def build(name: str, input_hw: tuple[int, int] | None = None) -> nn.Module:
+    """A fresh network of catalogue entry ``name`` (its ``Trained.net`` factory), at its catalogue
+    input size or at ``input_hw`` (a single-stage network takes the side ``input_hw[0]``)."""
+    factory = resolve(_trained(name).net)
+    if input_hw is None:
+        model: nn.Module = factory()
+    elif SEED_MODELS[name].kind == "single-stage":
+        model = factory(int(input_hw[0]))
+    else:
+        model = factory((int(input_hw[0]), int(input_hw[1])))
     return model
 
 
@@ -170,8 +177,22 @@ def calibrate_batchnorm(model: nn.Module, input_chw: tuple[int, int, int], batch
     model.eval()
 
 
-def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, seed: int = 0) -> ModelCard:
-    """Export ``name`` to ``out`` (a ``.onnx`` path, or a folder for ``NAME.onnx``) with its card beside it."""
+def export_to_store(
+    name: str,
+    out: Path,
+    *,
+    checkpoint: Path | None = None,
+    seed: int = 0,
+    input_hw: tuple[int, int] | None = None,
+    training: dict[str, Any] | None = None,
+    licence: dict[str, str] | None = None,
+) -> ModelCard:
+    """Export ``name`` to ``out`` (a ``.onnx`` path, or a folder for ``NAME.onnx``) with its card beside it.
+
+    ``input_hw``: the size the checkpoint was trained at (the card's input size; the catalogue's
+    when None). ``training``: what the card's ``source`` records of the run (data, teacher, steps,
+    AP); ``licence``: entries added to the card's licence (e.g. the training data's).
+    """
     entry = SEED_MODELS.get(name)
     source = _trained(name)
     assert entry is not None
@@ -179,8 +200,8 @@ def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, see
         exported: ModelCard = resolve(source.export)(name, out, checkpoint=checkpoint, seed=seed)
         return exported
     torch.manual_seed(seed)
-    model = build(name)
-    h, w = source.input.size_hw
+    model = build(name, input_hw)
+    h, w = input_hw or source.input.size_hw
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     else:
@@ -204,10 +225,15 @@ def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, see
         file=out.name,
         sha256=sha256_file(out),
         bytes=out.stat().st_size,
-        input=source.input,
+        input=source.input.model_copy(update={"size_hw": (int(h), int(w))}),
         outputs=parity["outputs"],
         parity=parity,
-        licence={"code": "this project", "weights": "random initialisation" if checkpoint is None else "user"},
+        source={"training": training} if training is not None else None,
+        licence={
+            "code": "this project",
+            "weights": "random initialisation" if checkpoint is None else "user",
+            **(licence or {}),
+        },
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_card(out.with_suffix(".json"), card)

@@ -28,6 +28,8 @@ models_app = typer.Typer(help="The weights store: pull pretrained models, list w
 bench_app = typer.Typer(help="Benchmarks: raw model throughput and served HTTP latency.")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+data_app = typer.Typer(help="Training data: pseudo-labels from a teacher backend, merged supervision.")
+app.add_typer(data_app, name="data")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -322,6 +324,145 @@ def bench_http_cmd(
     )
     write_json(out, "http", rows, image=str(image), url=url or "spawned", backend=backend)
     typer.echo(f"wrote {out}")
+
+
+_STAT_COLUMNS = (
+    ("AP", "AP"),
+    ("AP50", "AP50"),
+    ("AP75", "AP75"),
+    ("APm", "AP_medium"),
+    ("APl", "AP_large"),
+    ("AR", "AR"),
+)
+
+
+@app.command("eval")
+def eval_cmd(
+    backend: Annotated[str, typer.Argument(help="served backend, e.g. movenet-multipose, topdown-movenet")],
+    data: Annotated[Path, typer.Option(help="COCO person-keypoint file", exists=True, dir_okay=False)],
+    images: Annotated[Path, typer.Option(help="folder the file's image names are relative to", exists=True)],
+    boxes: Annotated[str, typer.Option(help="top-down persons from the 'detector' or the 'gt' boxes")] = "detector",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """COCO keypoint AP/AR (pycocotools) of a SERVED backend: every image through the API in-process."""
+    import json
+
+    from service.evaluate import evaluate_backend
+
+    if boxes not in ("detector", "gt"):
+        raise typer.BadParameter("--boxes is 'detector' or 'gt'")
+    try:
+        report = evaluate_backend(backend, data, images, settings=_settings(), boxes=boxes)  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, KeyError) as exc:
+        typer.echo(f"eval {backend} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    rows = [
+        {"joints": label, **{col: round(stats[key], 4) for col, key in _STAT_COLUMNS}}
+        for label, stats in (("all 17", report.stats), ("body 12", report.body_stats))
+    ]
+    typer.echo(f"{backend} on {data} ({report.images} images, boxes: {report.boxes}, {report.seconds:.1f} s)")
+    typer.echo(format_table(rows, ["joints", *(c for c, _ in _STAT_COLUMNS)]))
+
+
+def _default_eval_data() -> Path | None:
+    import os
+
+    shared = os.environ.get("POSESERVE_SHARED_DIR")
+    path = Path(shared) / "data" / "pose_samples" / "person_keypoints.json" if shared else None
+    return path if path is not None and path.is_file() else None
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Argument(help="seed model, e.g. amfacpose-r18, lehrnet-w32, erpose-n")],
+    data: Annotated[Path, typer.Option(help="COCO person-keypoint file", exists=True, dir_okay=False)],
+    images: Annotated[Path, typer.Option(help="folder the file's image names are relative to", exists=True)],
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON overrides of the paper's defaults")] = None,
+    steps: Annotated[int | None, typer.Option(help="total optimiser steps (short runs; else epochs)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/last.pt")] = False,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/MODEL)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="per-process batch")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    workers: Annotated[int | None, typer.Option(help="data loader worker processes")] = None,
+    export: Annotated[bool, typer.Option(help="export into the weights store and evaluate at the end")] = True,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="COCO file to score the served export on (default: shared pose_samples)")
+    ] = None,
+) -> None:
+    """Train a seed network (the paper's optimiser and schedule), checkpoint, export and evaluate it."""
+    from models.train.trainer import config_for, train
+
+    eval_file = eval_data or _default_eval_data()
+    try:
+        overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "workers": workers, "export": export}
+        cfg = config_for(model, config, eval_data=eval_file, **overrides)
+    except KeyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    run_dir = out or Path("runs") / model
+    result = train(model, data, images, run_dir, cfg, resume=resume, model_dir=_settings().model_dir)
+    typer.echo(
+        f"{model}: steps {result.start_step}->{result.steps}, {result.seconds_per_step:.2f} s/step, "
+        f"loss {result.losses[0] if result.losses else float('nan'):.4f} -> "
+        f"{result.losses[-1] if result.losses else float('nan'):.4f}; checkpoint {result.checkpoint}"
+    )
+    if result.card is not None:
+        typer.echo(f"exported {result.card.file} into {_settings().model_dir}")
+    if result.eval is not None:
+        typer.echo(f"served {model} on {eval_file}: AP {result.eval['stats']['AP']:.4f}")
+
+
+@data_app.command("pseudolabel")
+def data_pseudolabel(
+    teacher: Annotated[str, typer.Option(help="served backend that labels, e.g. topdown-movenet")],
+    out: Annotated[Path, typer.Option(help="COCO keypoint file to write")],
+    images: Annotated[Path | None, typer.Option(help="folder of photos (file names relative to it)")] = None,
+    videos: Annotated[list[Path] | None, typer.Option(help="video files (frames written beside --out)")] = None,
+    every: Annotated[int, typer.Option(help="video: label every N-th frame")] = 15,
+    min_score: Annotated[float, typer.Option(help="keep persons scoring at least this")] = 0.4,
+    min_keypoint_score: Annotated[float, typer.Option(help="a joint scoring at least this is labelled")] = 0.3,
+    min_keypoints: Annotated[int, typer.Option(help="keep persons with at least this many labelled joints")] = 8,
+) -> None:
+    """Label persons with a pretrained backend (as served); keep only confident ones; teacher in `info`."""
+    import json
+
+    from service.pseudolabel import IMAGE_SUFFIXES, Thresholds, extract_frames, pseudolabel
+
+    if (images is None) == (not videos):
+        raise typer.BadParameter("give either --images DIR or --videos FILE...")
+    if images is not None:
+        root, source = images, str(images)
+        files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        root, source = out.parent, ", ".join(str(v) for v in videos or [])
+        files = [f for v in videos or [] for f in extract_frames(v, out.parent / "frames", every)]
+    thresholds = Thresholds(min_score, min_keypoint_score, min_keypoints)
+    coco = pseudolabel(_settings(), teacher, files, root, source, thresholds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(coco))
+    typer.echo(f"{out}: {len(coco['annotations'])} persons in {len(coco['images'])} images (image root {root})")
+
+
+@data_app.command("merge")
+def data_merge(
+    labels: Annotated[Path, typer.Option(help="COCO keypoint labels", exists=True, dir_okay=False)],
+    teacher: Annotated[Path, typer.Option(help="pseudo-labels of the same images", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="merged COCO keypoint file to write")],
+    min_oks: Annotated[float, typer.Option(help="OKS a teacher person needs to complete a label")] = 0.5,
+    add_unmatched: Annotated[bool, typer.Option(help="add teacher persons no label matches")] = False,
+) -> None:
+    """Labels completed by a teacher: face points (joints 0-4) the labels lack (models.train.merge)."""
+    import json
+
+    from models.train.merge import MergeRule, merge_supervision
+
+    rule = MergeRule(min_oks=min_oks, add_unmatched=add_unmatched)
+    merged = merge_supervision(json.loads(labels.read_text()), json.loads(teacher.read_text()), rule)
+    out.write_text(json.dumps(merged))
+    typer.echo(f"{out}: {merged['info']['merge']}")
 
 
 def main() -> None:

@@ -1,16 +1,22 @@
-"""Top-down training crops from a COCO person-keypoint file (numpy + OpenCV, no torch).
+"""Top-down training crops from a COCO person-keypoint file (numpy + OpenCV + pycocotools).
 
 Each sample is one annotated person, cut exactly as serving cuts a detector box: ``crop_box``
 widens the box to the network's aspect ratio and pads it by ``padding`` (1.25), ``CropBox.matrix``
 maps it onto the input (optionally scaled / rotated, then flipped) and ``cv2.warpAffine`` warps it;
 keypoints go through the same affine. Images are normalised RGB ``(3, H, W)``
 float32 (ImageNet mean / std). Codec-specific targets are left to the caller, so heatmap, SimCC
-and regression trainers share this dataset; a ``torch.utils.data.DataLoader`` can wrap it as is.
+and regression trainers share this dataset; a ``torch.utils.data.DataLoader`` can wrap it as is
+(``seed_worker`` gives each loader worker its own augmentation stream, derived from the loader's
+seeded generator, so a run is repeatable whatever the number of workers).
+
+Augmentation (``CropAugment``, per-paper ranges in ``PAPER_AUGMENT``): scale and rotation about the
+crop centre, horizontal flip with left/right joints swapped, and half-body (mmpose's convention,
+the papers name none: with ``half_body_prob`` and more than ``half_body_min_joints`` labelled
+joints, the box becomes the extent of the upper- or the lower-body joints, grown 1.5 x).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +25,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.pipelines.base import normalize_imagenet
+from models.train.coco import load_coco
 from models.transforms import crop_box, flip_keypoints
 
 __all__ = [
+    "PAPER_AUGMENT",
+    "UPPER_BODY",
     "CocoCropDataset",
     "CropAugment",
     "CropSample",
     "box_affine",
+    "half_body_box",
+    "seed_worker",
     "stack_samples",
     "warp_points",
 ]
@@ -38,6 +49,19 @@ class CropAugment:
     rotation_deg: float = 30.0
     scale_range: tuple[float, float] = (0.7, 1.3)
     flip_prob: float = 0.5
+    half_body_prob: float = 0.0
+    half_body_min_joints: int = 8
+    rotation_prob: float = 1.0
+
+
+PAPER_AUGMENT: dict[str, CropAugment] = {
+    "amfacpose": CropAugment(30.0, (0.7, 1.3), 0.5, half_body_prob=0.3),
+    "lehrnet": CropAugment(45.0, (0.65, 1.35), 0.5, half_body_prob=0.3),
+}
+"""PAPERS.md ranges (rotation +-deg, scale, flip) per family; half-body at mmpose's 0.3."""
+
+UPPER_BODY: tuple[int, ...] = tuple(range(11))
+"""Face, shoulders, elbows, wrists (COCO 0-10); the rest (hips, knees, ankles) is the lower body."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,36 @@ def box_affine(
     return region.matrix(rotation_deg)
 
 
+def half_body_box(
+    keypoints: NDArray[np.floating], rng: np.random.Generator, scale: float = 1.5
+) -> NDArray[np.float64] | None:
+    """``(x, y, w, h)`` around the labelled upper- or lower-body joints (chosen at random, the other
+    half when one has fewer than 2), grown ``scale`` x about its centre; None without 2 joints."""
+    kps = np.asarray(keypoints, np.float64).reshape(-1, 3)
+    labelled = kps[:, 2] > 0
+    upper = np.zeros(len(kps), bool)
+    upper[list(UPPER_BODY)] = True
+    halves = [upper & labelled, ~upper & labelled]
+    first = int(rng.random() < 0.5)
+    chosen = halves[first] if halves[first].sum() >= 2 else halves[1 - first]
+    if chosen.sum() < 2:
+        return None
+    pts = kps[chosen, :2]
+    (x1, y1), (x2, y2) = pts.min(0), pts.max(0)
+    cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, 1.0) * scale, max(y2 - y1, 1.0) * scale
+    return np.array([cx - w / 2, cy - h / 2, w, h])
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: the worker's dataset draws from its own generator,
+    seeded from the worker's torch seed (the loader's generator + worker id)."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(int(torch.initial_seed() % 2**63))
+
+
 def warp_points(xy: NDArray[np.floating], affine: NDArray[np.floating]) -> NDArray[np.float32]:
     """Apply a ``(2, 3)`` affine to ``(..., 2)`` points."""
     pts = np.asarray(xy, dtype=np.float64)
@@ -87,18 +141,19 @@ class CocoCropDataset:
     """Person crops from a COCO keypoint file.
 
     Args:
-        ann_file: COCO ``person_keypoints*.json``.
+        ann_file: COCO ``person_keypoints*.json`` (read with pycocotools), or the dataset dict itself.
         image_root: folder that ``images[].file_name`` is relative to.
         input_hw: crop ``(H, W)`` in pixels.
         padding: box enlargement factor.
         min_keypoints: drop persons with fewer labelled keypoints (crowd regions always dropped).
         augment: random scale / rotation / flip ranges, or None for deterministic crops.
         seed: seed of the augmentation generator.
+        image_ids: keep only persons of these images (a split), all when None.
     """
 
     def __init__(
         self,
-        ann_file: Path,
+        ann_file: Path | dict,
         image_root: Path,
         input_hw: tuple[int, int],
         *,
@@ -106,8 +161,9 @@ class CocoCropDataset:
         min_keypoints: int = 1,
         augment: CropAugment | None = None,
         seed: int = 0,
+        image_ids: set[int] | None = None,
     ) -> None:
-        coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
+        coco = load_coco(ann_file).dataset
         self.image_root = Path(image_root)
         self.input_hw = input_hw
         self.padding = padding
@@ -118,13 +174,18 @@ class CocoCropDataset:
             a
             for a in coco["annotations"]
             if not a.get("iscrowd", 0)
-            and a.get("num_keypoints", 0) >= min_keypoints
+            and (image_ids is None or a["image_id"] in image_ids)
+            and sum(v > 0 for v in a["keypoints"][2::3]) >= min_keypoints
             and a["bbox"][2] > 1
             and a["bbox"][3] > 1
         ]
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation generator (``seed_worker`` calls it in each loader worker)."""
+        self._rng = np.random.default_rng(seed)
 
     def __getitem__(self, index: int) -> CropSample:
         ann = self.annotations[index]
@@ -133,12 +194,18 @@ class CocoCropDataset:
             raise FileNotFoundError(self.image_root / self._files[ann["image_id"]])
         kps = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
         scale, rotation, flip = 1.0, 0.0, False
+        bbox = np.asarray(ann["bbox"], np.float64)
         if self.augment is not None:
-            aug = self.augment
-            scale = float(self._rng.uniform(*aug.scale_range))
-            rotation = float(self._rng.uniform(-aug.rotation_deg, aug.rotation_deg))
-            flip = bool(self._rng.random() < aug.flip_prob)
-        affine = box_affine(ann["bbox"], self.input_hw, self.padding, scale, rotation)
+            aug, rng = self.augment, self._rng
+            labelled = int((kps[:, 2] > 0).sum())
+            if aug.half_body_prob > 0 and rng.random() < aug.half_body_prob and labelled > aug.half_body_min_joints:
+                half = half_body_box(kps, rng)
+                bbox = half if half is not None else bbox
+            scale = float(rng.uniform(*aug.scale_range))
+            if rng.random() < aug.rotation_prob:
+                rotation = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
+            flip = bool(rng.random() < aug.flip_prob)
+        affine = box_affine(bbox, self.input_hw, self.padding, scale, rotation)
         out_h, out_w = self.input_hw
         crop = cv2.warpAffine(bgr, affine, (out_w, out_h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
         xy = warp_points(kps[:, :2], affine)

@@ -20,14 +20,9 @@ from tests.support import client_for, coco_samples
 pytestmark = [pytest.mark.integration, pytest.mark.accuracy]
 
 
-@pytest.mark.parametrize(
-    ("backend", "floor"),
-    [("movenet-multipose", 0.26), ("topdown-movenet", 0.33), ("topdown-blazepose", 0.13)],
-)
-def test_keypoint_ap(model_dir: Path, topdown_models: Path, backend: str, floor: float) -> None:
+def api_results(settings: Settings, backend: str) -> list[dict[str, Any]]:
+    """COCO results of every pose_samples photo as ``POST /v1/pose?backend=`` answers it."""
     root, coco = coco_samples()
-    assert coco["images"], "no images in pose_samples/person_keypoints.json"
-    settings = Settings(model_dir=model_dir, preload=())
 
     async def scenario() -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
@@ -45,6 +40,16 @@ def test_keypoint_ap(model_dir: Path, topdown_models: Path, backend: str, floor:
                     results += coco_keypoint_results(image["id"], kps, np.array([p["score"] for p in persons]))
         return results
 
-    stats = evaluate_keypoints(coco, asyncio.run(scenario()))
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("backend", "floor"),
+    [("movenet-multipose", 0.26), ("topdown-movenet", 0.33), ("topdown-blazepose", 0.13)],
+)
+def test_keypoint_ap(model_dir: Path, topdown_models: Path, backend: str, floor: float) -> None:
+    _, coco = coco_samples()
+    assert coco["images"], "no images in pose_samples/person_keypoints.json"
+    stats = evaluate_keypoints(coco, api_results(Settings(model_dir=model_dir, preload=()), backend))
     print(f"{backend} on pose_samples: {stats}")
     assert stats["AP"] >= floor, stats

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
-__all__ = ["free_port", "spawned_server"]
+__all__ = ["free_port", "spawned_server", "stop_process"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -57,9 +57,14 @@ def spawned_server(
             time.sleep(0.2)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`; returns once the process is reaped."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

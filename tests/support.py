@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtest.fleet import fleet_available
 from loadtest.topdown_frames import paste_people
 from service.api import create_app
 from service.config import Settings
@@ -47,6 +48,18 @@ def skip_unless_ci(reason: str) -> NoReturn:
 def shared_dir() -> Path:
     """../shared (the team's data), or POSESERVE_SHARED_DIR."""
     return Path(os.environ.get("POSESERVE_SHARED_DIR", REPO.parent / "shared")).resolve()
+
+
+def camera_video(name: str = "cam01.mp4") -> Path:
+    """A real clip (pose2sim_multi) for a real RTSP camera; skips (fails under CI) without the
+    camera stack (GStreamer rtsp-server, ffmpeg) or the video."""
+    reason = fleet_available()
+    if reason:
+        skip_unless_ci(f"RTSP camera fleet unavailable: {reason}")
+    video = shared_dir() / "data" / "videos" / "pose2sim_multi" / name
+    if not video.is_file():
+        skip_unless_ci(f"{video} not found (set POSESERVE_SHARED_DIR)")
+    return video
 
 
 def require_pose_samples() -> Path:

@@ -28,9 +28,9 @@ import pytest
 import websockets
 
 from deploy.grafana import build
-from loadtest.fleet import CameraFleet, fleet_available
-from service.spawn import free_port
-from tests.support import assert_clean_log, running_server, sample_jpeg, shared_dir, skip_unless_ci
+from loadtest.fleet import CameraFleet
+from service.spawn import free_port, stop_process
+from tests.support import assert_clean_log, camera_video, running_server, sample_jpeg, skip_unless_ci
 
 pytestmark = pytest.mark.e2e
 
@@ -149,12 +149,7 @@ def running_prometheus(target: str, workdir: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace_s=10)
         log.close()
 
 
@@ -220,12 +215,7 @@ def http_load(url: str) -> dict[int, int]:
 def test_every_panel_returns_data(model_dir: Path, tmp_path: Path) -> None:
     if not Path(PROMETHEUS).is_file() and shutil.which("prometheus") is None:
         skip_unless_ci("prometheus not installed (apt: prometheus)")
-    reason = fleet_available()
-    if reason:
-        skip_unless_ci(f"RTSP camera fleet unavailable: {reason}")
-    video = shared_dir() / "data" / "videos" / "pose2sim_multi" / "cam01.mp4"
-    if not video.is_file():
-        skip_unless_ci(f"{video} not found (set POSESERVE_SHARED_DIR)")
+    video = camera_video()
 
     settings_env = {
         "POSESERVE_STREAMS__READ_TIMEOUT_MS": "2000",

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.fleet import CameraFleet, fleet_available
-from tests.support import assert_clean_log, metric_samples, running_server, shared_dir, skip_unless_ci
+from loadtest.fleet import CameraFleet
+from tests.support import assert_clean_log, camera_video, metric_samples, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +26,7 @@ SATURATING_STREAMS = 4
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    reason = fleet_available()
-    if reason:
-        skip_unless_ci(f"RTSP camera fleet unavailable: {reason}")
-    video = shared_dir() / "data" / "videos" / "pose2sim_multi" / "cam01.mp4"
-    if not video.is_file():
-        skip_unless_ci(f"{video} not found (set POSESERVE_SHARED_DIR)")
+    video = camera_video()
     log = tmp_path_factory.mktemp("outcomes") / "server.log"
     env = {"POSESERVE_STREAMS__OPEN_TIMEOUT_MS": "3000", "POSESERVE_BATCHING__INTRA_OP_THREADS": "2"}
     with CameraFleet([video], fps=CAMERA_FPS) as fleet, running_server(model_dir, log, **env) as (url, _pid):

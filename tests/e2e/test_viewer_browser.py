@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 import websockets
 
-from loadtest.fleet import CameraFleet, fleet_available
-from tests.support import REPO, assert_clean_log, running_server, shared_dir, skip_unless_ci
+from loadtest.fleet import CameraFleet
+from service.spawn import stop_process
+from tests.support import REPO, assert_clean_log, camera_video, running_server, skip_unless_ci
 
 pytestmark = pytest.mark.e2e
 
@@ -89,12 +90,7 @@ def chromium(binary: str, profile: Path, timeout_s: float = 30.0) -> Iterator[st
             assert time.monotonic() < deadline, f"no page target in {timeout_s} s: {targets}"
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace_s=10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # helpers that outlived the browser process
         log.close()
@@ -149,12 +145,7 @@ async def watch_viewer(page_ws: str, url: str) -> tuple[dict[str, Any], bytes, f
 
 def test_viewer_draws_skeletons_on_a_live_camera(model_dir: Path, tmp_path: Path) -> None:
     browser = chromium_binary()
-    reason = fleet_available()
-    if reason:
-        skip_unless_ci(f"RTSP camera fleet unavailable: {reason}")
-    video = shared_dir() / "data" / "videos" / "pose2sim_multi" / "cam01.mp4"
-    if not video.is_file():
-        skip_unless_ci(f"{video} not found (set POSESERVE_SHARED_DIR)")
+    video = camera_video()
     settings_env = {
         "POSESERVE_STREAMS__PREVIEW_ENABLED": "true",
         "POSESERVE_STREAMS__DEFAULT_MAX_FPS": "5",

@@ -359,13 +359,18 @@ class StreamManager:
         loop = asyncio.get_running_loop()
         try:
             backend = await self._backends.acquire(stream.backend)
-            prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
-            result = await backend.infer(
-                prepared,
-                deadline=frame.captured_mono + max_age_s,
-                wait_s=max_age_s + self._inference_timeout_s,
-                key=stream.id,
-            )
+            ticket = backend.admit()  # a frame the backend cannot take is refused before any work
+            try:
+                prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
+                result = await backend.infer(
+                    prepared,
+                    deadline=frame.captured_mono + max_age_s,
+                    wait_s=max_age_s + self._inference_timeout_s,
+                    key=stream.id,
+                    ticket=ticket,
+                )
+            finally:
+                ticket.release()  # a no-op once the frame was queued in its slot
         except (DeadlineExceededError, TimeoutError):
             return FrameOutcome.DROPPED_STALE, None
         except OverloadedError:  # QueueFullError included

@@ -96,7 +96,12 @@ class FakeBackend:
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
         return image_rgb
 
-    async def infer(self, prepared: np.ndarray, *, deadline: float, wait_s: float, key: Any = None) -> Any:
+    def admit(self) -> SimpleNamespace:
+        return SimpleNamespace(release=lambda: None)
+
+    async def infer(
+        self, prepared: np.ndarray, *, deadline: float, wait_s: float, key: Any = None, ticket: Any = None
+    ) -> Any:
         self.calls += 1
         step = self.script.popleft() if self.script else None
         if step is None and self.infer_s:

@@ -43,7 +43,10 @@ class PersonsBackend:
         self.seen.append(weakref.ref(image_rgb))
         return image_rgb
 
-    async def infer(self, prepared: np.ndarray, *, deadline: float, wait_s: float, key: Any = None) -> Any:
+    def admit(self) -> SimpleNamespace:
+        return SimpleNamespace(release=lambda: None)
+
+    async def infer(self, prepared: np.ndarray, **_: Any) -> Any:
         self.calls += 1
         persons = self.script[min(self.calls, len(self.script)) - 1]
         return SimpleNamespace(value=persons, queue_s=0.001, inference_s=0.002)

@@ -137,6 +137,9 @@ class NoPersonsBackend:
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
         return image_rgb
 
+    def admit(self) -> SimpleNamespace:
+        return SimpleNamespace(release=lambda: None)
+
     async def infer(self, prepared: np.ndarray, **_: Any) -> Any:
         empty = SimpleNamespace(keypoints=np.zeros((0, 17, 3)), boxes_xyxy=np.zeros((0, 4)), scores=np.zeros((0,)))
         return SimpleNamespace(value=SimpleNamespace(above=lambda _: empty), queue_s=0.0, inference_s=0.0)
@@ -190,7 +193,7 @@ def test_manager_heals_the_failing_camera_alone_and_counts_its_restarts() -> Non
 
     out = asyncio.run(scenario())
     assert out["bad"].reader_restarts == 2 and out["bad_metric"] == 2.0
-    assert out["good"].reader_restarts == 0 and out["good_metric"] is None
+    assert out["good"].reader_restarts == 0 and out["good_metric"] == 0.0  # the series exists from 0
     assert out["good"].frames.get("processed", 0) > 0, "the healthy camera was held up by the failing one"
     assert openers["bad"].calls >= 3 and openers["good"].calls == 1
     states = [e["state"] for e in out["events"] if e.get("event") == "state"]

@@ -116,6 +116,13 @@ class TopDownSettings(BaseModel):
     flip_test: bool = Field(False, description="also run each crop mirrored and average (2x pose cost)")
     max_persons: int = Field(64, ge=1, le=256, description="detector boxes kept per frame")
     pose_max_queue: int = Field(512, ge=1, description="crops waiting for the pose stage")
+    det_every_n: int = Field(
+        1,
+        ge=1,
+        le=30,
+        description="cameras: run the person detector on every n-th frame and crop the frames in between from "
+        "the previous frame's keypoints (1 = detector on every frame; single images always run it)",
+    )
 
     @field_validator("detector")
     @classmethod

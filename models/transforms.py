@@ -9,7 +9,7 @@ integer coordinates (the OpenCV convention), so a point maps by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -60,6 +60,14 @@ class Letterbox:
         np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
         np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
         return out
+
+    def of_full_size(self, image_wh: tuple[int, int]) -> Letterbox:
+        """The placement of this image's full-size original of `image_wh`, of which it is a resize
+        (pixel centres mapping as in ``cv2.resize``): maps input pixels straight to the original's."""
+        w, h = self.image_wh
+        return replace(
+            self, scale_x=self.scale_x * w / image_wh[0], scale_y=self.scale_y * h / image_wh[1], image_wh=image_wh
+        )
 
     def to_input(self, points_xy: np.ndarray) -> np.ndarray:
         """Map (..., 2) image-pixel points into input pixels."""

@@ -123,6 +123,13 @@ class TopDownSettings(BaseModel):
     flip_test: bool = Field(False, description="also run each crop mirrored and average (2x pose cost)")
     max_persons: int = Field(64, ge=1, le=256, description="detector boxes kept per frame")
     pose_max_queue: int = Field(512, ge=1, description="crops waiting for the pose stage")
+    det_every_n: int = Field(
+        1,
+        ge=1,
+        le=30,
+        description="cameras: run the person detector on every n-th frame and crop the frames in between from "
+        "the previous frame's keypoints (1 = detector on every frame; single images always run it)",
+    )
 
     @field_validator("detector")
     @classmethod
@@ -184,6 +191,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0)
     max_inflight_requests: int = Field(256, ge=1, description="requests decoding or queued at once")
     decode_threads: int = Field(2, ge=1, le=64)
+    jpeg_decode_scale: float = Field(
+        2.0,
+        ge=0.0,
+        description="single-stage backends: decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) while its "
+        "long side stays >= this (>= 1) x the model input; 0 decodes every image at full size. Keypoints are "
+        "always in the full image's pixels",
+    )
+
     min_person_score: float = Field(0.2, ge=0, le=1)
 
     streams: StreamSettings = StreamSettings()
@@ -195,6 +210,13 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(None, description="one key per line with scopes/rate/name; reread on SIGHUP")
     auth: AuthSettings = AuthSettings()
     redis_url: str | None = None
+
+    @field_validator("jpeg_decode_scale")
+    @classmethod
+    def _whole_input_at_least(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("jpeg_decode_scale is 0 (off) or >= 1 (the decoded long side never below the model input)")
+        return value
 
     @field_validator("preload", "api_keys", mode="before")
     @classmethod

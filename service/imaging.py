@@ -10,6 +10,7 @@ else. Runs in a worker thread.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 
@@ -18,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 
-__all__ = ["ACCEPTED_MEDIA_TYPES", "decode_image"]
+__all__ = ["ACCEPTED_MEDIA_TYPES", "decode_image", "decode_image_reduced"]
 
 ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/bmp"})
 _ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
@@ -47,6 +48,18 @@ _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode JPEG/PNG/WebP/BMP `data` into (H, W, 3) uint8 RGB, EXIF orientation applied."""
+    return decode_image_reduced(data, max_pixels=max_pixels, long_side=None)[0]
+
+
+def decode_image_reduced(data: bytes, *, max_pixels: int, long_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image`, a JPEG decoded at 1/2, 1/4 or 1/8 scale where its long side stays >= `long_side`.
+
+    libjpeg scales in the DCT (each output pixel averages the block it covers), so a photo much
+    larger than a model's input is never decoded at full size. Returns the (H', W', 3) RGB pixels
+    and the (width, height) of the full-size upright image; the pixels span the same picture
+    (pixel centres map as in a resize). `long_side` None (or any image of another format) decodes
+    at full size. The header checks and typed errors are `decode_image`'s.
+    """
     if not data:
         raise InvalidImageError("empty body: send a JPEG, PNG, WebP or BMP image")
     try:
@@ -67,13 +80,28 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     if width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     try:
+        if long_side is not None and image.format == "JPEG":
+            _draft_long_side(image, long_side)
         image.load()
         upright: Image.Image = image
-        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation != 1:
             upright = ImageOps.exif_transpose(image)
         rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
     except _BOMB_ERRORS as exc:
         raise ImageTooLargeError(str(exc)) from exc
     except _BROKEN_IMAGE_ERRORS as exc:
         raise InvalidImageError(f"corrupt or truncated image data: {exc}") from exc
-    return np.asarray(rgb)
+    # orientations 5-8 turn the picture by 90 degrees (when exif_transpose applied them)
+    full_wh = (height, width) if orientation in (5, 6, 7, 8) and upright is not image else (width, height)
+    return np.asarray(rgb), full_wh
+
+
+def _draft_long_side(image: Image.Image, long_side: int) -> None:
+    """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still >= `long_side`."""
+    width, height = image.size
+    scale = long_side / max(width, height)
+    if scale > 0.5:
+        return
+    # `draft` picks the largest reduction keeping both sides >= the requested ones
+    image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))

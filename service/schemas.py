@@ -183,6 +183,11 @@ class StreamCreate(BaseModel):
         description="keep no frame pixels after inference (no preview); forced for every stream by the server "
         "setting streams.skeleton_only",
     )
+    det_every_n: Annotated[int, Field(ge=1, le=30), BeforeValidator(_not_a_bool)] | None = Field(
+        None,
+        description="top-down backends: run the person detector on every n-th frame, cropping the frames in "
+        "between from the previous frame's keypoints (default: the server setting topdown.det_every_n)",
+    )
 
 
 class StreamInfo(BaseModel):

@@ -71,6 +71,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         default_backend=settings.default_backend,
         inference_timeout_s=settings.request_timeout_s,
         min_person_score=settings.min_person_score,
+        det_every_n=settings.topdown.det_every_n,
     )
     svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, FramePreviews(decode_pool))
 

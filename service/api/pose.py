@@ -9,6 +9,7 @@ batched by the backend's runner in the reserved slot, and awaited with the reque
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -31,7 +32,7 @@ from service.errors import (
     OverloadedError,
     UnsupportedMediaTypeError,
 )
-from service.imaging import ACCEPTED_MEDIA_TYPES, decode_image
+from service.imaging import ACCEPTED_MEDIA_TYPES, decode_image_reduced
 from service.schemas import BackendInfo, PoseResponse, persons_json
 
 __all__ = ["router"]
@@ -122,9 +123,15 @@ async def pose(
         ticket = request.scope.get(SLOT) or be.admit()
         deadline = time.monotonic() + settings.request_timeout_s
 
+        scale = settings.jpeg_decode_scale
+        long_side = None if scale == 0 or be.input_side is None else round(scale * be.input_side)
+
         def prepare() -> tuple[Prepared, tuple[int, int]]:
-            rgb = decode_image(data, max_pixels=settings.max_image_pixels)
-            return be.prepare(rgb), (rgb.shape[1], rgb.shape[0])
+            rgb, full_wh = decode_image_reduced(data, max_pixels=settings.max_image_pixels, long_side=long_side)
+            prepared = be.prepare(rgb)
+            if (rgb.shape[1], rgb.shape[0]) != full_wh:  # decoded reduced: keypoints in the full image's pixels
+                prepared = dataclasses.replace(prepared, geometry=prepared.geometry.of_full_size(full_wh))
+            return prepared, full_wh
 
         try:
             data = await asyncio.wait_for(_image_bytes(request, settings.max_image_bytes), settings.request_timeout_s)

@@ -52,6 +52,7 @@ async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -
         tracking=body.tracking,
         smoothing=body.smoothing,
         skeleton_only=body.skeleton_only,
+        det_every_n=body.det_every_n,
     )
     return StreamInfo.from_snapshot(stream.snapshot())
 

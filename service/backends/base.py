@@ -54,6 +54,8 @@ class LoadedBackend:
     """The precision variant it serves (single-stage backends; top-down ones run fp32)."""
     settings: BackendSettings | None = None
     """The settings it runs with, measured batch shape applied (None: the configured ones)."""
+    input_side: int | None = None
+    """The long side `prepare` resizes a whole image to (None: it needs the full-size image, e.g. to cut crops)."""
 
     @property
     def name(self) -> str:

@@ -41,6 +41,7 @@ class SingleStageBackend(LoadedBackend):
         self.entry = entry
         self.runtime, self.precision, self.settings = runtime, precision, settings
         self.pipeline = pipeline
+        self.input_side = pipeline.input_size
         self.providers = list(sessions[0].providers)
         self.card = card
         self.runner: StageRunner[Prepared, Persons, Session] = self._runner(

@@ -1,6 +1,10 @@
 """Top-down backends: image -> detector (stage "detect", frames batched) -> affine crops -> pose
 model (stage "pose", crops from many frames batched; each frame is its own fairness key, so a
-frame with 40 people is spread over several batches without starving other frames)."""
+frame with 40 people is spread over several batches without starving other frames).
+
+Cameras may run the detector on every `det_every_n`-th frame only (`DetectionCadence`, one per
+stream): on the frames in between, the persons of the previous result are cropped from boxes around
+their keypoints and go straight to the pose stage (`prepare_cadenced`, `infer_cadenced`)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import itertools
 import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,7 +22,7 @@ from models.card import ModelCard
 from models.persons import Persons
 from models.pipelines import build
 from models.pipelines.base import CropPose, Detector, PipelineOptions
-from models.pipelines.topdown import assemble, make_crops
+from models.pipelines.topdown import assemble, boxes_from_keypoints, make_crops
 from models.registry import ModelEntry
 from models.runtime import Session
 from models.transforms import CropBox
@@ -29,7 +33,7 @@ from service.config import BackendSettings, Settings, TopDownSettings
 from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
-__all__ = ["Detections", "TopDownBackend"]
+__all__ = ["DetectionCadence", "Detections", "TopDownBackend"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,43 @@ class Detections:
     rows: list[np.ndarray]
     crops: list[CropBox]
     scores: np.ndarray
+
+
+@dataclass
+class DetectionCadence:
+    """One camera's detector schedule on a top-down backend (`topdown.det_every_n`).
+
+    The detector runs on a frame when `every_n - 1` frames have been cropped from keypoints since
+    its last run, or when no person is carried. On the frames in between, each person of the
+    previous result scoring at least `min_score` is cropped from the box around its keypoints
+    (`boxes_from_keypoints`) and keeps the detector score it was found with. Used by one frame at
+    a time (a stream has at most one frame in flight).
+    """
+
+    every_n: int
+    min_score: float = 0.0
+    since_detect: int = 0
+    """frames cropped from keypoints since the detector last ran"""
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    det_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    detected_frames: int = 0
+    carried_frames: int = 0
+
+    def due(self) -> bool:
+        """Whether the next frame goes through the detector."""
+        return self.every_n <= 1 or len(self.boxes) == 0 or self.since_detect >= self.every_n - 1
+
+    def record(self, persons: Persons, *, detected: bool) -> None:
+        """A frame's result: its persons become the next frame's boxes."""
+        keep = persons.scores >= self.min_score
+        boxes, kept = boxes_from_keypoints(persons.keypoints[keep])
+        # person score = detector score x mean keypoint score (`assemble`): the detector's share
+        mean_kpt = np.maximum(persons.keypoints[keep][kept, :, 2].mean(axis=1), 1e-6)
+        self.boxes, self.det_scores = boxes, (persons.scores[keep][kept] / mean_kpt).astype(np.float32)
+        if detected:
+            self.since_detect, self.detected_frames = 0, self.detected_frames + 1
+        else:
+            self.since_detect, self.carried_frames = self.since_detect + 1, self.carried_frames + 1
 
 
 class TopDownBackend(LoadedBackend):
@@ -125,14 +166,55 @@ class TopDownBackend(LoadedBackend):
     def _pose(self, session: Session, rows: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         return run_rows(session, rows, lambda out, _: self.pose.postprocess_crop(out))
 
+    def prepare_cadenced(self, image_rgb: np.ndarray, cadence: DetectionCadence) -> Prepared | Detections:
+        """The detector's input when `cadence` says the detector runs on this frame, else the pose
+        rows cut around the carried persons' boxes (runs in a thread, like `prepare`)."""
+        if cadence.due():
+            return self.prepare(image_rgb)
+        rows, crops = make_crops(image_rgb, cadence.boxes, self.pose, padding=self.padding, flip_test=self.flip_test)
+        return Detections(rows=rows, crops=crops, scores=cadence.det_scores)
+
+    async def infer_cadenced(
+        self,
+        item: Prepared | Detections,
+        cadence: DetectionCadence,
+        *,
+        deadline: float,
+        wait_s: float,
+        key: Hashable,
+        ticket: Ticket | None = None,
+    ) -> ItemResult[Persons]:
+        """Persons of one frame `prepare_cadenced` made ready; the result is recorded in `cadence`.
+        `ticket` (the detect stage's slot) is used only when the detector runs on this frame."""
+        if isinstance(item, Prepared):
+            result = await self.infer(item, deadline=deadline, wait_s=wait_s, key=key, ticket=ticket)
+        else:
+            started = time.monotonic()
+            result = await self._pose_stage(item, None, started=started, deadline=deadline, wait_s=wait_s, key=key)
+        cadence.record(result.value, detected=isinstance(item, Prepared))
+        return result
+
     async def infer(
         self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
         started = time.monotonic()
         det = await await_result(self.detect.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
-        found = det.value
+        return await self._pose_stage(det.value, det, started=started, deadline=deadline, wait_s=wait_s, key=key)
+
+    async def _pose_stage(
+        self,
+        found: Detections,
+        det: ItemResult[Detections] | None,
+        *,
+        started: float,
+        deadline: float,
+        wait_s: float,
+        key: Hashable,
+    ) -> ItemResult[Persons]:
+        """Pose rows of one frame through the pose stage; timings add the detect stage's (`det`) if it ran."""
+        det_queue_s, det_inference_s = (det.queue_s, det.inference_s) if det is not None else (0.0, 0.0)
         if not found.rows:
-            return ItemResult(Persons.empty(), det.queue_s, det.inference_s, det.batch_size)
+            return ItemResult(Persons.empty(), det_queue_s, det_inference_s, det.batch_size if det is not None else 0)
         frame_key = (key, next(self._frames))
         futures: list[Future[ItemResult[np.ndarray]]] = []
         try:
@@ -150,7 +232,7 @@ class TopDownBackend(LoadedBackend):
         )
         return ItemResult(
             persons,
-            queue_s=det.queue_s + max(r.queue_s for r in results),
-            inference_s=det.inference_s + max(r.inference_s for r in results),
+            queue_s=det_queue_s + max(r.queue_s for r in results),
+            inference_s=det_inference_s + max(r.inference_s for r in results),
             batch_size=max(r.batch_size for r in results),
         )

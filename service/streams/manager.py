@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from models.persons import Persons
 from service.backends import BackendManager, LoadedBackend, Prepared
+from service.backends.topdown import DetectionCadence, Detections, TopDownBackend
 from service.config import StreamSettings
 from service.errors import (
     DeadlineExceededError,
@@ -78,8 +79,10 @@ class StreamManager:
         min_person_score: float,
         housekeeping_period_s: float = 0.5,
         reader_factory: Callable[..., CameraReader] = CameraReader,
+        det_every_n: int = 1,
     ) -> None:
-        """`reader_factory(url, settings, *, name, on_state, on_frame)` makes each camera's reader."""
+        """`reader_factory(url, settings, *, name, on_state, on_frame)` makes each camera's reader;
+        `det_every_n` is the default detector cadence of streams on top-down backends."""
         self._settings = settings
         self._backends = backends
         self._metrics = metrics
@@ -89,6 +92,7 @@ class StreamManager:
         self._min_person_score = min_person_score
         self._housekeeping_period_s = housekeeping_period_s
         self._reader_factory = reader_factory
+        self._det_every_n = det_every_n
         self._streams: dict[str, Stream] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,10 +130,12 @@ class StreamManager:
         tracking: TrackingOptions | None = None,
         smoothing: SmoothingOptions | None = None,
         skeleton_only: bool = False,
+        det_every_n: int | None = None,
     ) -> Stream:
         """Validate everything first; nothing is started unless every check passes.
 
-        `skeleton_only` is forced by the server setting `streams.skeleton_only`.
+        `skeleton_only` is forced by the server setting `streams.skeleton_only`; `det_every_n`
+        (top-down backends only) defaults to the server's `topdown.det_every_n`.
         """
         if len(self._streams) >= self._settings.max_streams:
             raise StreamLimitError(f"at most {self._settings.max_streams} streams (streams.max_streams)")
@@ -163,6 +169,7 @@ class StreamManager:
             tracking=tracking or TrackingOptions(),
             smoothing=smoothing or SmoothingOptions(),
             skeleton_only=skeleton_only or self._settings.skeleton_only,
+            det_every_n=det_every_n or self._det_every_n,
         )
         self._streams[stream_id] = stream
         self._publish_state_metric(stream)
@@ -360,15 +367,19 @@ class StreamManager:
         try:
             backend = await self._backends.acquire(stream.backend)
             ticket = backend.admit()  # a frame the backend cannot take is refused before any work
+            deadline, wait_s = frame.captured_mono + max_age_s, max_age_s + self._inference_timeout_s
             try:
-                prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
-                result = await backend.infer(
-                    prepared,
-                    deadline=frame.captured_mono + max_age_s,
-                    wait_s=max_age_s + self._inference_timeout_s,
-                    key=stream.id,
-                    ticket=ticket,
-                )
+                if (cadence := self._cadence(stream, backend)) is not None:
+                    assert isinstance(backend, TopDownBackend)
+                    item = await loop.run_in_executor(self._pool, _prepare_cadenced_bgr, backend, frame, cadence)
+                    result = await backend.infer_cadenced(
+                        item, cadence, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
+                    )
+                else:
+                    prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
+                    result = await backend.infer(
+                        prepared, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
+                    )
             finally:
                 ticket.release()  # a no-op once the frame was queued in its slot
         except (DeadlineExceededError, TimeoutError):
@@ -396,6 +407,14 @@ class StreamManager:
         stream.results_at.append(now)
         self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
         return FrameOutcome.PROCESSED, message
+
+    def _cadence(self, stream: Stream, backend: LoadedBackend) -> DetectionCadence | None:
+        """The stream's detector schedule when it runs the detector less than every frame."""
+        if stream.det_every_n <= 1 or not isinstance(backend, TopDownBackend):
+            return None
+        if stream.cadence is None:
+            stream.cadence = DetectionCadence(stream.det_every_n, min_score=self._min_person_score)
+        return stream.cadence
 
     def _tracked(self, stream: Stream, persons: Persons, frame: Frame) -> builtins.list[TrackedPerson]:
         """The frame's persons with their track ids (and smoothed keypoints); sends born/lost events first."""
@@ -425,3 +444,7 @@ class StreamManager:
 
 def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:
     return backend.prepare(cv2.cvtColor(frame.image_bgr, cv2.COLOR_BGR2RGB))
+
+
+def _prepare_cadenced_bgr(backend: TopDownBackend, frame: Frame, cadence: DetectionCadence) -> Prepared | Detections:
+    return backend.prepare_cadenced(cv2.cvtColor(frame.image_bgr, cv2.COLOR_BGR2RGB), cadence)

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.backends.topdown import DetectionCadence
 from service.schemas import SmoothingOptions, TrackingOptions
 from service.streams.errorlog import ThrottledLog
 from service.streams.reader import CameraReader
@@ -96,6 +97,10 @@ class Stream:
     """no frame pixels are kept after inference: each frame is released once inferred; no preview"""
     tracks: TrackingSession | None = None
     """the tracker and filters between frames (None when neither tracking nor smoothing is on)"""
+    det_every_n: int = 1
+    """top-down backends: the person detector runs on every n-th frame (1 = every frame)"""
+    cadence: DetectionCadence | None = None
+    """the detector schedule and carried persons (top-down backends with `det_every_n` > 1)"""
 
     def __post_init__(self) -> None:
         if self.tracks is None and (self.tracking.enabled or self.smoothing.enabled):

@@ -34,6 +34,9 @@ from service.api.openapi import without_default_validation_answers
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.gateway import RedisJobs
+from service.distributed.transport import InProcessJobs
+from service.distributed.worker import JobWorker
 from service.errors import AuthRefusal, BackendUnavailableError, OverloadedError, ServeError
 from service.metrics import Metrics
 from service.schemas import Readiness
@@ -62,20 +65,37 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         inference_timeout_s=settings.request_timeout_s,
         min_person_score=settings.min_person_score,
     )
-    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring)
+    remote = RedisJobs(settings, metrics) if settings.redis_url else None
+    local = InProcessJobs(backends, decode_pool, max_image_pixels=settings.max_image_pixels)
+    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, remote or local)
+    # a gateway (redis_url set) runs no model unless it also runs workers of its own
+    models_here = remote is None or settings.distributed.local_workers
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        local_worker: asyncio.Task[None] | None = None
         try:
-            for name in settings.preload:
+            for name in settings.preload if models_here else ():
                 try:
                     await backends.acquire(name)
                 except ServeError as exc:
                     logger.warning("backend %s not preloaded: %s", name, exc.message)
+            if remote is not None:
+                await remote.start()
+                if settings.distributed.local_workers:
+                    served = [n for n in settings.preload if backends.loaded(n)]
+                    worker = JobWorker(settings, metrics, backends, local, served)
+                    local_worker = asyncio.create_task(worker.run())
             stream_manager.start()
             with reload_on_sighup(keyring) if reload_keys_on_sighup else contextlib.nullcontext():
                 yield
         finally:
+            if local_worker is not None:
+                local_worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await local_worker
+            if remote is not None:
+                await remote.close()
             await stream_manager.close()
             backends.close()
             decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -128,7 +148,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> JSONResponse:
-        problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
+        preload = settings.preload if models_here else ()
+        problems = [f"backend {name} (preload) is not loaded" for name in preload if not backends.loaded(name)]
         problems += backends.problems()  # stages with dead workers, named
         if settings.redis_url and not await _redis_reachable(settings.redis_url):
             problems.append("redis is unreachable")

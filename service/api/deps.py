@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.transport import ImageJobs
 from service.errors import AuthRefusal, Forbidden, RateLimited, Unauthorized
 from service.metrics import Metrics
 from service.streams.manager import StreamManager
@@ -59,6 +60,7 @@ class Services:
     streams: StreamManager
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
+    jobs: ImageJobs
     inflight: int = 0
 
 

@@ -1,0 +1,54 @@
+"""`poseserve worker`: load the named backends, then take their image jobs from Redis until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client import start_http_server
+
+from models.weights import WeightsStore
+from service.backends import BackendManager
+from service.config import Settings
+from service.distributed.transport import InProcessJobs
+from service.distributed.worker import JobWorker
+from service.metrics import Metrics
+
+__all__ = ["run_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, names: Sequence[str], *, metrics_port: int | None = None) -> None:
+    """Blocks until SIGTERM/SIGINT. A backend that cannot load (no weights) fails the start."""
+    metrics = Metrics()
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=settings.host, registry=metrics.registry)
+    backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
+    pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    try:
+        for name in names:
+            backends.get(name)
+        asyncio.run(_serve(settings, metrics, backends, pool, names))
+    finally:
+        backends.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _serve(
+    settings: Settings, metrics: Metrics, backends: BackendManager, pool: ThreadPoolExecutor, names: Sequence[str]
+) -> None:
+    local = InProcessJobs(backends, pool, max_image_pixels=settings.max_image_pixels)
+    worker = JobWorker(settings, metrics, backends, local, names)
+    task = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    logger.info("worker %s serving %s from %s", worker.worker_id, ", ".join(names), settings.redis_url)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    logger.info("worker %s stopped", worker.worker_id)

@@ -208,7 +208,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _redelivery_before_deadline(self) -> Settings:
-        if self.distributed.visibility_timeout_ms >= self.request_timeout_s * 1000:
+        if self.redis_url and self.distributed.visibility_timeout_ms >= self.request_timeout_s * 1000:
             raise ValueError("distributed.visibility_timeout_ms must be shorter than request_timeout_s")
         return self
 

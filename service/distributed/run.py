@@ -24,7 +24,14 @@ logger = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, names: Sequence[str], *, metrics_port: int | None = None) -> None:
-    """Blocks until SIGTERM/SIGINT. A backend that cannot load (no weights) fails the start."""
+    """Blocks until SIGTERM/SIGINT. A backend that cannot load (no weights) fails the start.
+
+    A gateway admitted every job already, and the job may have waited in Redis: here, only its
+    deadline bounds its wait, not `max_queue_delay_ms` (which would drop the second batch a
+    worker holds whenever one batch takes longer than that).
+    """
+    unbounded = {n: settings.backend(n).model_copy(update={"max_queue_delay_ms": None}) for n in names}
+    settings = settings.model_copy(update={"backends": {**settings.backends, **unbounded}})
     metrics = Metrics()
     if metrics_port is not None:
         start_http_server(metrics_port, addr=settings.host, registry=metrics.registry)

@@ -147,6 +147,9 @@ class DistributedSettings(BaseModel):
     heartbeat_ms: int = Field(1000, ge=100, description="how often a worker says it is alive")
     worker_ttl_ms: int = Field(5000, ge=500, description="a worker silent this long is counted as gone")
     backoff_max_s: float = Field(2.0, gt=0, description="longest wait between reconnection attempts")
+    lease_ttl_ms: int = Field(
+        5000, ge=500, description="a camera whose worker stopped renewing its lease this long moves to another"
+    )
     local_workers: bool = Field(False, description="a gateway also runs workers for `preload` in its own process")
     worker_name: str | None = Field(None, description="this worker's id in Redis and replies; None = host-pid")
 

@@ -158,6 +158,11 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.redis_lease_moves_total = Counter(
+            "poseserve_redis_lease_moves_total",
+            "cameras this worker took over after the lease of their previous worker expired",
+            registry=r,
+        )
         self.redis_connected = Gauge(
             "poseserve_redis_connected", "1 while this process reaches Redis, else 0", registry=r
         )

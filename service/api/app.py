@@ -34,6 +34,8 @@ from service.api.openapi import without_default_validation_answers
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.camera_worker import CameraWorker
+from service.distributed.cameras import Cameras, LocalCameras, RemoteCameras
 from service.distributed.gateway import RedisJobs
 from service.distributed.transport import InProcessJobs
 from service.distributed.worker import JobWorker
@@ -67,33 +69,43 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     )
     remote = RedisJobs(settings, metrics) if settings.redis_url else None
     local = InProcessJobs(backends, decode_pool, max_image_pixels=settings.max_image_pixels)
-    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, remote or local)
+    cameras: Cameras = LocalCameras(stream_manager)
+    if remote is not None:
+        cameras = RemoteCameras(settings, metrics, decode_pool, remote.link, check_backend=backends.spec)
+    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, remote or local, cameras)
     # a gateway (redis_url set) runs no model unless it also runs workers of its own
     models_here = remote is None or settings.distributed.local_workers
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        local_worker: asyncio.Task[None] | None = None
+        local_tasks: list[asyncio.Task[None]] = []
         try:
             for name in settings.preload if models_here else ():
                 try:
                     await backends.acquire(name)
                 except ServeError as exc:
                     logger.warning("backend %s not preloaded: %s", name, exc.message)
+            stream_manager.start()
             if remote is not None:
                 await remote.start()
+                if isinstance(cameras, RemoteCameras):
+                    await cameras.start()
                 if settings.distributed.local_workers:
                     served = [n for n in settings.preload if backends.loaded(n)]
                     worker = JobWorker(settings, metrics, backends, local, served)
-                    local_worker = asyncio.create_task(worker.run())
-            stream_manager.start()
+                    leases = CameraWorker(
+                        settings, metrics, stream_manager, worker.link, served, worker_id=worker.worker_id
+                    )
+                    local_tasks = [asyncio.create_task(leases.run()), asyncio.create_task(worker.run())]
             with reload_on_sighup(keyring) if reload_keys_on_sighup else contextlib.nullcontext():
                 yield
         finally:
-            if local_worker is not None:
-                local_worker.cancel()
+            for task in local_tasks:  # cameras first: they release their leases over the worker's link
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await local_worker
+                    await task
+            if isinstance(cameras, RemoteCameras):
+                await cameras.close()
             if remote is not None:
                 await remote.close()
             await stream_manager.close()

@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.cameras import Cameras
 from service.distributed.transport import ImageJobs
 from service.errors import AuthRefusal, Forbidden, RateLimited, Unauthorized
 from service.metrics import Metrics
@@ -61,6 +62,8 @@ class Services:
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
     jobs: ImageJobs
+    cameras: Cameras
+    """`streams` behind `/v1/streams`, or the Redis stream registry of a gateway"""
     inflight: int = 0
 
 

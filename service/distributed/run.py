@@ -1,4 +1,4 @@
-"""`poseserve worker`: load the named backends, then take their image jobs from Redis until stopped."""
+"""`poseserve worker`: load the named backends, then take their image jobs and cameras from Redis until stopped."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from prometheus_client import start_http_server
 from models.weights import WeightsStore
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.camera_worker import CameraWorker
 from service.distributed.transport import InProcessJobs
 from service.distributed.worker import JobWorker
 from service.metrics import Metrics
+from service.streams.manager import StreamManager
 
 __all__ = ["run_worker"]
 
@@ -51,11 +53,29 @@ async def _serve(
 ) -> None:
     local = InProcessJobs(backends, pool, max_image_pixels=settings.max_image_pixels)
     worker = JobWorker(settings, metrics, backends, local, names)
-    task = asyncio.create_task(worker.run())
+    manager = StreamManager(
+        settings.streams,
+        backends,
+        metrics,
+        pool,
+        default_backend=settings.default_backend,
+        inference_timeout_s=settings.request_timeout_s,
+        min_person_score=settings.min_person_score,
+    )
+    manager.start()
+    cameras = CameraWorker(settings, metrics, manager, worker.link, names, worker_id=worker.worker_id)
+    tasks = [asyncio.create_task(cameras.run()), asyncio.create_task(worker.run())]
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop.set)
     logger.info("worker %s serving %s from %s", worker.worker_id, ", ".join(names), settings.redis_url)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:  # cameras first: they release their leases over the worker's link
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    stopped.cancel()
+    await manager.close()
     logger.info("worker %s stopped", worker.worker_id)

@@ -224,12 +224,13 @@ class RedisJobs:
                 for name in names:
                     pipe.xinfo_groups(jobs_key(name))
                     pipe.zcount(workers_key(name), now_ms - ttl_ms, "+inf")
+                    pipe.zremrangebyscore(workers_key(name), "-inf", now_ms - 10 * ttl_ms)  # long gone
                 results = await pipe.execute(raise_on_error=False)
             except REDIS_ERRORS as exc:
                 self.link.lost(exc)
                 continue
             for i, name in enumerate(names):
-                groups, live = results[2 * i], results[2 * i + 1]
+                groups, live = results[3 * i], results[3 * i + 1]
                 if isinstance(live, int):
                     self._live_workers[name] = live
                     self._metrics.redis_workers.labels(backend=name).set(live)

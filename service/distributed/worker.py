@@ -41,6 +41,8 @@ __all__ = ["JobWorker", "default_worker_id"]
 logger = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1000
+CONSUMER_SWEEP_TICKS = 60
+"""reclaim ticks (half a visibility timeout each) between sweeps of dead consumers"""
 REPLY_STREAM_TTL_MS = 60_000
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -140,10 +142,14 @@ class JobWorker:
         """Every half visibility timeout: take over jobs left unacknowledged that long."""
         key, max_batch = jobs_key(name), self._settings.backend(name).max_batch
         period_s = self._dist.visibility_timeout_ms / 2000
+        ticks = 0
         while True:
             await asyncio.sleep(period_s)
             if not self.link.connected:
                 continue
+            ticks += 1
+            if ticks % CONSUMER_SWEEP_TICKS == 0:
+                await self._forget_idle_consumers(key)
             await self._slots[name].acquire()
             try:
                 got: Any = await self.link.client.xautoclaim(
@@ -159,6 +165,19 @@ class JobWorker:
                 self._metrics.redis_jobs_redelivered_total.labels(backend=name).inc(len(entries))
                 logger.warning("%s: re-delivered %d jobs left unacknowledged by another worker", name, len(entries))
             self._start_batch(name, entries)
+
+    async def _forget_idle_consumers(self, key: str) -> None:
+        """Delete consumers without pending jobs, silent for 10 worker TTLs (dead workers' names; a
+        live one deleted by mistake is recreated by its next read)."""
+        idle_ms = 10 * self._dist.worker_ttl_ms
+        try:
+            consumers: Any = await self.link.client.xinfo_consumers(key, GROUP)
+            for c in consumers:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name != self.worker_id and c["pending"] == 0 and c["idle"] > idle_ms:
+                    await self.link.client.xgroup_delconsumer(key, GROUP, name)
+        except REDIS_ERRORS as exc:  # NOGROUP included: nothing to sweep yet
+            logger.debug("%s: consumer sweep skipped: %s", key, exc)
 
     async def _ensure_group(self, key: str) -> None:
         backoff = self.link.backoff()

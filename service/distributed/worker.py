@@ -3,9 +3,11 @@
 Per backend, a consume loop reads up to `max_batch` new jobs at once (XREADGROUP, consumer group
 `workers`) whenever one of its `workers + 1` batch slots is free, and a reclaim loop takes over
 the jobs another consumer left unacknowledged for `visibility_timeout_ms` (XAUTOCLAIM: that worker
-is presumed dead). A batch of jobs is decoded and preprocessed together on the decode pool, then
-queued into the backend's batcher all at once (so they run as one model batch), answered on
-each job's reply stream, then acknowledged (XACK) in the same round trip. A job past its
+is presumed dead). The same loop renews the claim on the jobs this worker still runs every half
+visibility timeout, so a slow batch of a live worker is not taken over. A batch of jobs is
+decoded and preprocessed together on the decode pool, then queued into the backend's batcher all
+at once (so they run as one model batch), answered on each job's reply stream, then
+acknowledged (XACK) in the same round trip. A job past its
 deadline is acknowledged and dropped, never run. A worker that dies between running and
 acknowledging gets its jobs re-delivered: gateways drop the second reply.
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
+from redis.typing import StreamIdT
 
 from service.backends import BackendManager, Prepared
 from service.config import Settings
@@ -76,6 +79,8 @@ class JobWorker:
         self.link = RedisLink(settings.redis_url, metrics, backoff_max_s=self._dist.backoff_max_s, role="worker")
         self._slots = {n: asyncio.Semaphore(settings.backend(n).workers + 1) for n in self._names}
         self._batches: set[asyncio.Task[None]] = set()
+        self._held: dict[str, set[bytes]] = {n: set() for n in self._names}
+        """entry ids of the jobs each backend's batches hold now (their claim is renewed)"""
 
     async def run(self) -> None:
         """Consume, reclaim and heartbeat until cancelled; then leave the heartbeat set."""
@@ -150,6 +155,7 @@ class JobWorker:
             ticks += 1
             if ticks % CONSUMER_SWEEP_TICKS == 0:
                 await self._forget_idle_consumers(key)
+            await self._renew_claims(name)
             await self._slots[name].acquire()
             try:
                 got: Any = await self.link.client.xautoclaim(
@@ -165,6 +171,17 @@ class JobWorker:
                 self._metrics.redis_jobs_redelivered_total.labels(backend=name).inc(len(entries))
                 logger.warning("%s: re-delivered %d jobs left unacknowledged by another worker", name, len(entries))
             self._start_batch(name, entries)
+
+    async def _renew_claims(self, name: str) -> None:
+        """Reset the idle time of the jobs this worker still runs, so that a batch slower than the
+        visibility timeout is not taken over while its worker is alive (XCLAIM JUSTID to itself)."""
+        held: list[StreamIdT] = list(self._held[name])
+        if not held:
+            return
+        try:
+            await self.link.client.xclaim(jobs_key(name), GROUP, self.worker_id, 0, held, justid=True)
+        except REDIS_ERRORS as exc:
+            logger.debug("%s: claims not renewed: %s", name, exc)
 
     async def _forget_idle_consumers(self, key: str) -> None:
         """Delete consumers without pending jobs, silent for 10 worker TTLs (dead workers' names; a
@@ -206,6 +223,8 @@ class JobWorker:
 
     async def _batch(self, name: str, entries: list[Entry]) -> None:
         key = jobs_key(name)
+        held = {entry_id for entry_id, _ in entries}
+        self._held[name] |= held
         try:
             done: list[bytes] = []
             jobs: list[tuple[bytes, Job]] = []
@@ -242,6 +261,7 @@ class JobWorker:
         except Exception:
             logger.exception("%s: a batch of %d jobs failed", name, len(entries))
         finally:
+            self._held[name] -= held
             self._slots[name].release()
 
     async def _execute(self, name: str, jobs: list[Job]) -> list[PoseOutcome | ServeError]:

@@ -50,7 +50,9 @@ def cluster(model_dir: Path, redis_server: RedisServer, tmp_path: Path) -> Itera
     """1 gateway + 2 workers over `redis_server`, ready (the gateway sees both heartbeats)."""
     with running_workers(model_dir, redis_server.url, tmp_path, WORKERS) as workers:
         gateway_log = tmp_path / "gateway.log"
-        with running_server(model_dir, gateway_log, POSESERVE_REDIS_URL=redis_server.url) as (url, _):
+        # a generous deadline: on a small shared machine a batch of 8 can take seconds
+        env = {"POSESERVE_REDIS_URL": redis_server.url, "POSESERVE_REQUEST_TIMEOUT_S": "30"}
+        with running_server(model_dir, gateway_log, **env) as (url, _):
 
             def both_alive() -> bool:
                 for w in workers:
@@ -90,8 +92,9 @@ def test_two_workers_serve_every_request(cluster: Cluster) -> None:
     assert all(r.json()["persons"] for r in responses)
     served_by = [r.headers["x-poseserve-worker"] for r in responses]
     assert set(served_by) == set(WORKERS), {w: served_by.count(w) for w in WORKERS}
+    # exactly once: one answer per job sent (a second reply, were there one, is dropped)
     assert gateway_metric(cluster.gateway, "poseserve_redis_jobs_total", outcome="answered") == 200
-    assert gateway_metric(cluster.gateway, "poseserve_redis_jobs_total", outcome="duplicate") == 0
+    assert gateway_metric(cluster.gateway, "poseserve_redis_jobs_total", outcome="sent") == 200
 
 
 def test_killed_worker_jobs_are_redelivered_and_answered_once(cluster: Cluster) -> None:

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,convert,train
+EXTRAS ?= dev,convert,train,deploy
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEFAULT_MODEL ?= movenet-multipose
 # The pretrained models the tests use: `make test` pulls them once into the user's weights store,
@@ -19,7 +19,7 @@ SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstre
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gstreamer1.0-tools ffmpeg prometheus chromium redis-server
 
-.PHONY: setup system-deps models test-models run test lint pytest bench soak clean
+.PHONY: setup system-deps models test-models run test lint pytest bench bench-report soak clean prom-check
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -55,14 +55,31 @@ run: models
 	$(BIN)/poseserve serve
 
 lint: setup
-	$(BIN)/ruff check service models tests
-	$(BIN)/ruff format --check service models tests
+	$(BIN)/ruff check service models tests loadtest deploy
+	$(BIN)/ruff format --check service models tests loadtest deploy
 	$(BIN)/mypy service models
 
 pytest: test-models
 	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test: lint pytest
+
+# deploy/prometheus under promtool: both configs, the rule files, the rules' unit tests. Debian's promtool
+# is built without Kubernetes discovery; tests/integration/test_prometheus_config.py checks that config
+# with its discovery block swapped for file_sd.
+PROM_DIR := deploy/prometheus
+prom-check:
+	promtool check config $(PROM_DIR)/prometheus.yml
+	@out=$$(promtool check config $(PROM_DIR)/prometheus-kubernetes.yml 2>&1) && echo "$$out" || { \
+		grep -q 'field kubernetes_sd_configs not found' <<<"$$out" || { echo "$$out"; exit 1; }; \
+		echo "$(PROM_DIR)/prometheus-kubernetes.yml: this promtool lacks Kubernetes discovery (see tests/integration/test_prometheus_config.py)"; }
+	promtool check rules $(PROM_DIR)/rules/*.yml
+	promtool test rules $(PROM_DIR)/tests/*.yml
+
+# Grafana dashboards as code: regenerate deploy/grafana/dashboards/*.json (never edit the JSON by hand).
+.PHONY: dashboards
+dashboards: setup
+	$(BIN)/python -m deploy.grafana.build
 
 # 640x480 JPEG made from a real photo in ../shared (never copied into the project tree).
 $(BENCH_OUT)/bench-640x480.jpg: | setup
@@ -74,9 +91,37 @@ bench: models $(BENCH_OUT)/bench-640x480.jpg
 	$(BIN)/poseserve bench model $(DEFAULT_MODEL) --image $(BENCH_OUT)/bench-640x480.jpg --batch 1,8 --out $(BENCH_OUT)/model.json
 	$(BIN)/poseserve bench http --image $(BENCH_OUT)/bench-640x480.jpg --concurrency 1,8 --out $(BENCH_OUT)/http.json
 
+# Scenario matrix (1-8 cameras at 25 fps; HTTP concurrency 1, 8, 32) -> loadtest/report/REPORT.md + plots.
+bench-report: models system-deps
+	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/python -m loadtest.report $(REPORT_ARGS)
+
 # 30 minutes of cameras, WebSocket clients (one never reads) and HTTP at half capacity; not part of `make test`.
 soak: models system-deps
 	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/python -m loadtest.soak --minutes $${SOAK_MINUTES:-30} --out $(BENCH_OUT)/soak.json
 
 clean:
 	rm -rf $(VENV) $(BENCH_OUT) .mypy_cache .ruff_cache .pytest_cache
+
+# Packaging and deployment checks, no Docker engine or cluster needed: hadolint, the compose spec, every
+# k8s overlay built by kustomize (the monitoring generator is an exec plugin: --enable-alpha-plugins),
+# kubernetes-validate --strict, checkov, then tests/integration/test_deploy.py (CRD schemas, generated
+# monitoring equal to deploy/). `make k8s-render OVERLAY=gpu` prints the manifests to apply.
+K8S_OVERLAYS := cpu gpu
+OVERLAY ?= gpu
+KUSTOMIZE := KUSTOMIZE_PLUGIN_HOME=$(CURDIR)/deploy/kustomize-plugins POSESERVE_PYTHON=$(abspath $(BIN))/python \
+	$(BIN)/kubectl kustomize --enable-alpha-plugins
+.PHONY: deploy-check k8s-render
+k8s-render: setup
+	@$(KUSTOMIZE) k8s/overlays/$(OVERLAY)
+
+deploy-check: setup
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for o in $(K8S_OVERLAYS); do \
+		$(KUSTOMIZE) k8s/overlays/$$o > $$tmp/$$o.yaml; \
+		echo "k8s/overlays/$$o: $$(grep -c '^kind:' $$tmp/$$o.yaml) resources"; \
+	done; \
+	$(BIN)/checkov -f Dockerfile --framework dockerfile --compact --quiet --skip-download; \
+	$(BIN)/checkov -d $$tmp --framework kubernetes --compact --quiet --skip-download
+	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/pytest -q tests/integration/test_deploy.py

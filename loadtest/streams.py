@@ -34,7 +34,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _client(ws_url: str, seconds: float) -> list[dict[str, Any]]:
+async def collect_messages(ws_url: str, seconds: float) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     async with websockets.connect(ws_url, open_timeout=10) as ws:
         loop = asyncio.get_running_loop()
@@ -69,7 +69,7 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
         ws_base = url.replace("http://", "ws://")
 
         async def clients() -> list[list[dict[str, Any]]]:
-            return list(await asyncio.gather(*(_client(f"{ws_base}/v1/streams/{i}/ws", seconds) for i in ids)))
+            return list(await asyncio.gather(*(collect_messages(f"{ws_base}/v1/streams/{i}/ws", seconds) for i in ids)))
 
         received = asyncio.run(clients())
         after = {s["id"]: s for s in httpx.get(f"{url}/v1/streams", timeout=10).json()}

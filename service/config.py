@@ -59,7 +59,8 @@ class BackendSettings(BaseModel):
         5,
         ge=0,
         le=19,
-        description="inference threads run this many nice levels below the event loop (Linux), so refusals and "
+        description="inference threads (and, from `batching`, the image decode threads) run this many nice levels "
+        "below the event loop (Linux), so refusals and "
         "health checks answer at once while the model saturates the cores; 0 = same priority",
     )
     input_size: int | None = Field(None, ge=32, description="square input side; None = the model's default")
@@ -92,6 +93,13 @@ class StreamSettings(BaseModel):
     default_max_fps: float = Field(10.0, gt=0, le=120)
     frame_max_age_ms: float = Field(500.0, gt=0, description="frames older than this are dropped, not inferred")
     ws_queue_messages: int = Field(16, ge=1, description="per WebSocket client; the oldest is dropped when full")
+    preview_enabled: bool = Field(
+        False, description="serve each camera's latest frame at /v1/streams/{id}/frame.jpg (off: privacy)"
+    )
+    preview_fps: float = Field(2.0, gt=0, le=30, description="most JPEG encodes per second per stream (preview)")
+    skeleton_only: bool = Field(
+        False, description="every stream is skeleton-only: no frame pixels kept after inference, no preview"
+    )
 
 
 class TopDownSettings(BaseModel):

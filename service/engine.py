@@ -157,6 +157,10 @@ class StageRunner(Generic[In, Out, Session]):
             self._started = True
         self._supervisor.start()
         self._metrics.workers.labels(state="idle").inc(len(self._workers))
+        # the alerting counters exist from 0, so rate()/increase() see their first increment too
+        self._metrics.worker_restarts_total.labels(**self._labels)
+        for reason in ("overloaded", "queue_delay"):
+            self._metrics.items_dropped_total.labels(**self._labels, reason=reason)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting work, fail what is queued, and join the workers and the supervisor."""
@@ -354,6 +358,7 @@ class StageRunner(Generic[In, Out, Session]):
                 worker.held = []
                 if live:
                     self._admission.finished(worker.index)
+            del got, batch, live  # no reference to the inputs (frame pixels) while waiting for the next batch
 
     def _execute(self, session: Session, jobs: list[_Job[In, Out]], enqueued: list[float], started: float) -> None:
         try:

@@ -14,7 +14,9 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidStreamUrlError",
+    "NoFrameError",
     "OverloadedError",
+    "PreviewDisabledError",
     "QueueDelayError",
     "QueueFullError",
     "RateLimited",
@@ -97,6 +99,22 @@ class DuplicateStreamError(ServeError):
 
 class StreamLimitError(ServeError):
     code = "too_many_streams"
+
+
+class PreviewDisabledError(ServeError):
+    """The frame preview is off (`streams.preview_enabled`) for the server or this stream."""
+
+    code = "preview_disabled"
+
+
+class NoFrameError(ServeError):
+    """The stream has not read a frame yet (connecting); retrying later can succeed."""
+
+    code = "no_frame"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class AuthRefusal(ServeError):

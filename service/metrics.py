@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from service.streams.states import FrameOutcome, StreamState
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "gpu_families"]
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -32,6 +33,7 @@ _LATENCY_BUCKETS_S = (
     5,
     10,
 )
+_JITTER_BUCKETS_PX = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 
@@ -83,6 +85,12 @@ class Metrics:
             registry=r,
         )
         self.workers = Gauge("poseserve_workers", "inference worker threads by state", ["state"], registry=r)
+        self.ready = Gauge(
+            "poseserve_ready",
+            "1 when /readyz answers ready (preloaded backends loaded, no stage without live workers, Redis "
+            "reachable when configured), else 0; evaluated at every /readyz and /metrics request",
+            registry=r,
+        )
         self.worker_restarts_total = Counter(
             "poseserve_worker_restarts_total",
             "inference worker threads restarted by their stage's supervisor after dying",
@@ -118,6 +126,14 @@ class Metrics:
             "poseserve_stream_reader_restarts_total",
             "camera readers restarted by the watchdog after their thread failed",
             ["stream"],
+            registry=r,
+        )
+        self.stream_keypoint_jitter_pixels = Histogram(
+            "poseserve_stream_keypoint_jitter_pixels",
+            "per tracked person whose box barely moved since the previous processed frame: mean displacement "
+            "of its confident keypoints as sent (after smoothing, when on), image pixels",
+            ["stream"],
+            buckets=_JITTER_BUCKETS_PX,
             registry=r,
         )
         self.ws_clients = Gauge("poseserve_ws_clients", "connected WebSocket clients", ["stream"], registry=r)
@@ -178,6 +194,7 @@ class Metrics:
             self.stream_result_age_seconds,
             self.stream_reconnects_total,
             self.stream_reader_restarts_total,
+            self.stream_keypoint_jitter_pixels,
             self.ws_clients,
             self.ws_messages_dropped_total,
         ):
@@ -190,3 +207,16 @@ class Metrics:
             for value in values:
                 with contextlib.suppress(KeyError):
                     metric.remove(stream, value)
+
+
+def gpu_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    """Empty (utilization, memory used) families with label `gpu` (the NVML device index), filled at
+    scrape time by `service.gpu.NvmlCollector`; they exist only where NVML initialises."""
+    return (
+        GaugeMetricFamily(
+            "poseserve_gpu_utilization_ratio",
+            "fraction of the driver's last sample period in which a kernel ran on the GPU (NVML), 0..1",
+            labels=["gpu"],
+        ),
+        GaugeMetricFamily("poseserve_gpu_memory_used_bytes", "GPU memory in use, all processes (NVML)", labels=["gpu"]),
+    )

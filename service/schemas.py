@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from models.persons import Persons
 from service.streams.states import FrameOutcome, StreamState
@@ -22,12 +22,16 @@ __all__ = [
     "Person",
     "PoseResponse",
     "Readiness",
+    "SmoothingOptions",
     "StreamCreate",
     "StreamFrameMessage",
     "StreamInfo",
     "StreamLatency",
     "StreamStateEvent",
+    "StreamTrackEvent",
     "Timing",
+    "TrackedPerson",
+    "TrackingOptions",
     "persons_json",
 ]
 
@@ -44,6 +48,16 @@ class Person(BaseModel):
     score: float = Field(description="person score in [0, 1]")
     bbox: list[float] = Field(description="x1, y1, x2, y2 in image pixels")
     keypoints: list[list[float]] = Field(description="17 x [x, y, score], COCO order, image pixels")
+
+
+class TrackedPerson(Person):
+    """A person in a stream's result message."""
+
+    track_id: int | None = Field(
+        None,
+        description="the person's track (stable across frames, unique in the stream); null while the track is "
+        "tentative (seen fewer than tracking.min_hits frames in a row) or with tracking off",
+    )
 
 
 class ImageSize(BaseModel):
@@ -103,6 +117,44 @@ class Readiness(BaseModel):
 STREAM_URL_PATTERN = r"^(?:(?:[Rr][Tt][Ss][Pp][Ss]?|[Hh][Tt][Tt][Pp][Ss]?)://[^\s/?#]+|[Ff][Ii][Ll][Ee]:\S)\S*$"
 
 
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+"""an integer (12 or 12.0, as JSON Schema's `integer`), never true/false"""
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
+class TrackingOptions(BaseModel):
+    """Per-stream tracking: a stable `track_id` on each person, `track` events when tracks are born or lost."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(True, strict=True, description="put track ids on persons and send track events")
+    max_age_frames: Count = Field(
+        30, ge=1, le=1000, description="processed frames a track survives without its person before it is lost"
+    )
+    min_hits: Count = Field(
+        3, ge=1, le=100, description="frames in a row a person must be seen before the track gets an id (born)"
+    )
+
+
+class SmoothingOptions(BaseModel):
+    """Per-stream One-Euro filtering of each tracked person's keypoints (image pixels, capture timestamps)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(False, strict=True, description="off: keypoints are sent as the model gives them")
+    min_cutoff: Number = Field(1.0, gt=0, le=100, description="Hz: the cutoff at rest (lower = smoother, more lag)")
+    beta: Number = Field(
+        0.01, ge=0, le=100, description="Hz per pixel/s: how fast the cutoff rises with speed (higher = less lag)"
+    )
+    d_cutoff: Number = Field(1.0, gt=0, le=100, description="Hz: the cutoff of the speed estimate")
+
+
 class StreamCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -117,6 +169,14 @@ class StreamCreate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str | None = None
     max_fps: float | None = Field(None, gt=0, le=120)
+    tracking: TrackingOptions = Field(default_factory=TrackingOptions)
+    smoothing: SmoothingOptions = Field(default_factory=SmoothingOptions)
+    skeleton_only: bool = Field(
+        False,
+        strict=True,
+        description="keep no frame pixels after inference (no preview); forced for every stream by the server "
+        "setting streams.skeleton_only",
+    )
 
 
 class StreamInfo(BaseModel):
@@ -138,6 +198,9 @@ class StreamInfo(BaseModel):
     drops: dict[FrameOutcome, int] = Field(description="the outcomes of `frames` that lost a frame")
     reader_cpu_s: float = Field(description="CPU seconds the camera's reader (decoding) used")
     ws_clients: int
+    tracking: TrackingOptions
+    smoothing: SmoothingOptions
+    skeleton_only: bool = Field(description="no frame pixels are kept after inference")
 
     @classmethod
     def from_snapshot(cls, s: StreamSnapshot) -> StreamInfo:
@@ -158,6 +221,9 @@ class StreamInfo(BaseModel):
             drops={outcome: n for outcome, n in s.frames.items() if outcome.is_drop},
             reader_cpu_s=round(s.reader_cpu_s, 3),
             ws_clients=s.ws_clients,
+            tracking=s.tracking,
+            smoothing=s.smoothing,
+            skeleton_only=s.skeleton_only,
         )
 
 
@@ -175,7 +241,7 @@ class StreamFrameMessage(BaseModel):
     untrained: bool = False
     captured_at: float = Field(description="Unix time (s) the frame was read")
     image: ImageSize
-    persons: list[Person]
+    persons: list[TrackedPerson]
     latency_ms: StreamLatency
 
 
@@ -185,3 +251,16 @@ class StreamStateEvent(BaseModel):
     event: Literal["state"] = "state"
     stream_id: str
     state: StreamState
+
+
+class StreamTrackEvent(BaseModel):
+    """WebSocket `/v1/streams/{id}/ws`: a track was born (confirmed) or lost (with tracking on)."""
+
+    event: Literal["track"] = "track"
+    stream_id: str
+    frame_seq: int = Field(
+        description="`seq` of the frame whose processing confirmed or ended the track (not `seq`: result messages "
+        "alone carry that)"
+    )
+    change: Literal["born", "lost"]
+    track_id: int

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +26,12 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.weights import WeightsStore
-from service.api import pose, streams
+from service.api import pose, streams, viewer
 from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
-from service.api.deps import STATUS, Services, error_response
+from service.api.deps import Services, error_response, serve_error_response
 from service.api.openapi import without_default_validation_answers
+from service.api.preview import FramePreviews
+from service.api.shed import ShedOverload
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
@@ -39,8 +40,10 @@ from service.distributed.cameras import Cameras, LocalCameras, RemoteCameras
 from service.distributed.gateway import RedisJobs
 from service.distributed.transport import InProcessJobs
 from service.distributed.worker import JobWorker
-from service.errors import AuthRefusal, BackendUnavailableError, OverloadedError, ServeError
+from service.errors import ServeError
+from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
+from service.priority import lower_this_thread
 from service.schemas import Readiness
 from service.streams.manager import StreamManager
 
@@ -55,9 +58,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     `reload_keys_on_sighup` (the server process): SIGHUP rereads the API key file while it runs.
     """
     metrics = metrics or Metrics()
+    register_gpu_metrics(metrics.registry)  # only where NVML finds a GPU
     keyring = Keyring.from_settings(settings)  # a malformed key entry or key file fails here
     backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
-    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    # Decoding is CPU work like inference: below the event loop too, so refusals stay prompt under a burst.
+    decode_pool = ThreadPoolExecutor(
+        max_workers=settings.decode_threads,
+        thread_name_prefix="decode",
+        initializer=lower_this_thread,
+        initargs=(settings.batching.worker_nice,),
+    )
     stream_manager = StreamManager(
         settings.streams,
         backends,
@@ -72,7 +82,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     cameras: Cameras = LocalCameras(stream_manager)
     if remote is not None:
         cameras = RemoteCameras(settings, metrics, decode_pool, remote.link, check_backend=backends.spec)
-    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, remote or local, cameras)
+    previews = FramePreviews(decode_pool)
+    svc = Services(
+        settings, metrics, backends, stream_manager, decode_pool, keyring, previews, remote or local, cameras
+    )
     # a gateway (redis_url set) runs no model unless it also runs workers of its own
     models_here = remote is None or settings.distributed.local_workers
 
@@ -123,18 +136,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     app.include_router(pose.router)
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
+    app.include_router(viewer.router)
+    if remote is None:  # a gateway admits in `RedisJobs.admit`: its slots are not local tickets
+        app.add_middleware(ShedOverload, services=svc)  # inside auth: a key is checked before a slot is asked
     app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
 
     app.add_middleware(_Observe, metrics=metrics)  # outermost: counts refusals too
 
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
-        headers = None
-        if isinstance(exc, OverloadedError | BackendUnavailableError) and exc.retry_after_s is not None:
-            headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
-        elif isinstance(exc, AuthRefusal):
-            headers = exc.headers
-        return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
+        return serve_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -158,19 +169,26 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
-    async def readyz() -> JSONResponse:
+    async def readiness_problems() -> list[str]:
+        """Why the service is not ready (empty: ready); sets `poseserve_ready`."""
         preload = settings.preload if models_here else ()
         problems = [f"backend {name} (preload) is not loaded" for name in preload if not backends.loaded(name)]
         problems += backends.problems()  # stages with dead workers, named
         if settings.redis_url and not await _redis_reachable(settings.redis_url):
             problems.append("redis is unreachable")
+        metrics.ready.set(0.0 if problems else 1.0)
+        return problems
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
+    async def readyz() -> JSONResponse:
+        problems = await readiness_problems()
         if problems:
             return JSONResponse({"status": "not_ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
     async def metrics_endpoint() -> Response:
+        await readiness_problems()  # `poseserve_ready` as fresh as the scrape
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -46,6 +46,7 @@ def route_scopes(settings: AuthSettings) -> dict[str, Scope | str]:
         "/v1/streams": "streams",
         "/v1/streams/{stream_id}": "streams",
         "/v1/streams/{stream_id}/ws": "streams",
+        "/v1/streams/{stream_id}/frame.jpg": "streams",
     }
     if settings.protect_health:
         table |= {"/healthz": ANY_KEY, "/readyz": ANY_KEY}

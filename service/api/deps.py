@@ -13,12 +13,22 @@ from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
+from service.api.preview import FramePreviews
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
 from service.distributed.cameras import Cameras
 from service.distributed.transport import ImageJobs
-from service.errors import AuthRefusal, Forbidden, RateLimited, Unauthorized
+from service.errors import (
+    AuthRefusal,
+    BackendUnavailableError,
+    Forbidden,
+    NoFrameError,
+    OverloadedError,
+    RateLimited,
+    ServeError,
+    Unauthorized,
+)
 from service.metrics import Metrics
 from service.streams.manager import StreamManager
 
@@ -28,6 +38,7 @@ __all__ = [
     "authorize",
     "error_response",
     "require_scope",
+    "serve_error_response",
     "services",
     "websocket_key_ok",
 ]
@@ -39,6 +50,7 @@ STATUS = {
     "invalid_stream_url": 400,
     "unauthorized": 401,
     "forbidden": 403,
+    "preview_disabled": 403,
     "too_large": 413,
     "unsupported_media_type": 415,
     "unknown_backend": 404,
@@ -49,6 +61,7 @@ STATUS = {
     "rate_limited": 429,
     "overloaded": 503,
     "backend_unavailable": 503,
+    "no_frame": 503,
     "timeout": 504,
 }
 
@@ -61,6 +74,7 @@ class Services:
     streams: StreamManager
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
+    previews: FramePreviews
     jobs: ImageJobs
     cameras: Cameras
     """`streams` behind `/v1/streams`, or the Redis stream registry of a gateway"""
@@ -69,6 +83,16 @@ class Services:
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def serve_error_response(exc: ServeError) -> JSONResponse:
+    """The answer to a `ServeError`: its status and code, `Retry-After` on a retryable refusal."""
+    headers = None
+    if isinstance(exc, OverloadedError | BackendUnavailableError | NoFrameError) and exc.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(min(exc.retry_after_s, 3600.0))))}
+    elif isinstance(exc, AuthRefusal):
+        headers = exc.headers
+    return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
 
 
 async def services(request: Request) -> Services:

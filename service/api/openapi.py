@@ -16,7 +16,14 @@ from service.api.deps import STATUS
 from service.imaging import ACCEPTED_MEDIA_TYPES
 from service.schemas import ErrorResponse
 
-__all__ = ["AUTH_ERRORS", "POSE_REQUEST_BODY", "error_responses", "without_default_validation_answers"]
+__all__ = [
+    "AUTH_ERRORS",
+    "HTML_ANSWER",
+    "JPEG_ANSWER",
+    "POSE_REQUEST_BODY",
+    "error_responses",
+    "without_default_validation_answers",
+]
 
 AUTH_ERRORS = ("unauthorized", "forbidden", "rate_limited")
 """What every `/v1` route can answer when API keys are configured (401, 403, 429)."""
@@ -33,6 +40,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
     "rate_limited": {
         "Retry-After": {"description": "seconds until the key may call again", "schema": {"type": "integer"}}
     },
+    "no_frame": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
     "unauthorized": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
 }
 
@@ -55,6 +63,15 @@ POSE_REQUEST_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+JPEG_ANSWER: dict[str, Any] = {
+    "description": "a JPEG image",
+    "content": {"image/jpeg": {"schema": _BINARY}},
+    "headers": {"Cache-Control": {"description": "`no-store`", "schema": {"type": "string"}}},
+}
+
+HTML_ANSWER: dict[str, Any] = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import Services, require_scope, services
 from service.api.openapi import AUTH_ERRORS, POSE_REQUEST_BODY, error_responses
+from service.api.shed import SLOT
 from service.distributed.transport import Admitted
 from service.errors import (
     DeadlineExceededError,
@@ -121,9 +122,10 @@ async def pose(
     svc.inflight += 1
     admitted: Admitted | None = None
     try:
-        # a first use loads the model (not part of the deadline); refused here, before the body is
-        # read, when it could not start in time
-        admitted = await svc.jobs.admit(name)
+        # a first use loads the model (not part of the deadline); refused before the body is read
+        # when it could not start in time (in this process most often already by `ShedOverload`,
+        # which hands over the slot it reserved)
+        admitted = await svc.jobs.admit(name, reserved=request.scope.get(SLOT))
         deadline = time.monotonic() + settings.request_timeout_s
         try:
             data = await asyncio.wait_for(_image_bytes(request, settings.max_image_bytes), settings.request_timeout_s)

@@ -1,4 +1,4 @@
-"""Camera subscriptions: `/v1/streams` CRUD and `WS /v1/streams/{id}/ws`.
+"""Camera subscriptions: `/v1/streams` CRUD, the frame preview and `WS /v1/streams/{id}/ws`.
 
 A WebSocket client gets one JSON message per processed frame plus `{"event": "state"}` messages.
 Each client has a bounded queue: a slow client loses its oldest messages, never server memory.
@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from service.api.deps import Services, require_scope, services, websocket_key_ok
-from service.api.openapi import AUTH_ERRORS, error_responses
-from service.errors import UnknownStreamError
+from service.api.openapi import AUTH_ERRORS, JPEG_ANSWER, error_responses
+from service.api.preview import preview_refusal
+from service.errors import PreviewDisabledError, UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
 from service.streams.stream import ClientQueue
 
@@ -43,7 +44,7 @@ _CLOSE_NOT_FOUND = 4404
     ),
 )
 async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> StreamInfo:
-    return await svc.cameras.create(body.url, name=body.name, backend=body.backend, max_fps=body.max_fps)
+    return await svc.cameras.create(body)
 
 
 @router.get("", response_model=list[StreamInfo], responses=error_responses(*AUTH_ERRORS))
@@ -60,6 +61,25 @@ async def get_stream(stream_id: str, svc: Services = Depends(services)) -> Strea
 async def delete_stream(stream_id: str, svc: Services = Depends(services)) -> Response:
     await svc.cameras.delete(stream_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{stream_id}/frame.jpg",
+    response_class=Response,
+    responses={
+        200: JPEG_ANSWER,
+        **error_responses(*AUTH_ERRORS, "preview_disabled", "unknown_stream", "no_frame"),
+    },
+)
+async def stream_frame(stream_id: str, svc: Services = Depends(services)) -> Response:
+    """The stream's latest camera frame as JPEG (low rate: `streams.preview_fps`); off unless
+    `streams.preview_enabled` (403 `preview_disabled`), 503 `no_frame` before its first frame."""
+    stream = svc.streams.get(stream_id)
+    settings = svc.settings.streams
+    if (refusal := preview_refusal(settings, stream)) is not None:
+        raise PreviewDisabledError(refusal)
+    jpeg = await svc.previews.jpeg(stream, settings.preview_fps)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 async def _pump(websocket: WebSocket, client: ClientQueue) -> None:

@@ -27,6 +27,7 @@ from service.distributed.cameras import (
     OWNER_KEY,
     STREAMS_KEY,
     StreamSpec,
+    create_stream,
     lease_key,
     results_channel,
 )
@@ -156,7 +157,7 @@ class CameraWorker:
 
     async def _start(self, spec: StreamSpec) -> None:
         try:
-            stream = await self._manager.create(spec.url, name=spec.name, backend=spec.backend, max_fps=spec.max_fps)
+            stream = await create_stream(self._manager, spec.create_body())
         except ServeError as exc:
             logger.error("stream %s (%s) cannot run here: %s", spec.name, spec.id, exc.message)
             await self.link.client.eval(_RELEASE, 1, lease_key(spec.id), self.worker_id)

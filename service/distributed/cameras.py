@@ -25,17 +25,17 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from service.config import Settings
 from service.distributed.link import REDIS_ERRORS, RedisLink
 from service.errors import BackendUnavailableError, DuplicateStreamError, StreamLimitError, UnknownStreamError
 from service.metrics import Metrics
-from service.schemas import StreamInfo, StreamStateEvent
+from service.schemas import StreamCreate, StreamInfo, StreamStateEvent
 from service.streams.manager import StreamManager
 from service.streams.states import StreamState
-from service.streams.stream import ClientQueue
+from service.streams.stream import ClientQueue, Stream
 from service.streams.urls import redact, validate_stream_url
 
 __all__ = [
@@ -77,6 +77,12 @@ class StreamSpec:
     backend: str
     max_fps: float
     created_at: float
+    options: dict[str, Any] = field(default_factory=dict)
+    """`StreamCreate`'s tracking, smoothing and skeleton_only, as JSON"""
+
+    def create_body(self) -> StreamCreate:
+        """The subscription as the worker running it creates it."""
+        return StreamCreate(url=self.url, name=self.name, backend=self.backend, max_fps=self.max_fps, **self.options)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -87,7 +93,11 @@ class StreamSpec:
 
     def waiting_info(self) -> StreamInfo:
         """What the API shows before a worker has taken the camera."""
+        body = self.create_body()
         return StreamInfo(
+            tracking=body.tracking,
+            smoothing=body.smoothing,
+            skeleton_only=body.skeleton_only,
             id=self.id,
             name=self.name,
             url=redact(self.url),
@@ -108,7 +118,7 @@ class StreamSpec:
 
 
 class Cameras(Protocol):
-    async def create(self, url: str, *, name: str | None, backend: str | None, max_fps: float | None) -> StreamInfo: ...
+    async def create(self, body: StreamCreate) -> StreamInfo: ...
     async def list(self) -> list[StreamInfo]: ...
     async def get(self, stream_id: str) -> StreamInfo: ...
     async def delete(self, stream_id: str) -> None: ...
@@ -122,9 +132,8 @@ class LocalCameras:
     def __init__(self, manager: StreamManager) -> None:
         self._manager = manager
 
-    async def create(self, url: str, *, name: str | None, backend: str | None, max_fps: float | None) -> StreamInfo:
-        stream = await self._manager.create(url, name=name, backend=backend, max_fps=max_fps)
-        return StreamInfo.from_snapshot(stream.snapshot())
+    async def create(self, body: StreamCreate) -> StreamInfo:
+        return StreamInfo.from_snapshot((await create_stream(self._manager, body)).snapshot())
 
     async def list(self) -> list[StreamInfo]:
         return [StreamInfo.from_snapshot(s.snapshot()) for s in self._manager.list()]
@@ -140,6 +149,19 @@ class LocalCameras:
 
     def unsubscribe(self, stream_id: str, client: ClientQueue) -> None:
         self._manager.unsubscribe(stream_id, client)
+
+
+async def create_stream(manager: StreamManager, body: StreamCreate) -> Stream:
+    """`body`'s subscription in `manager` (raises what `StreamManager.create` raises)."""
+    return await manager.create(
+        body.url,
+        name=body.name,
+        backend=body.backend,
+        max_fps=body.max_fps,
+        tracking=body.tracking,
+        smoothing=body.smoothing,
+        skeleton_only=body.skeleton_only,
+    )
 
 
 class RemoteCameras:
@@ -189,8 +211,9 @@ class RemoteCameras:
             raise BackendUnavailableError("Redis is unreachable; retry shortly", retry_after_s=1.0) from None
 
     # -- registry ----------------------------------------------------------------------------------
-    async def create(self, url: str, *, name: str | None, backend: str | None, max_fps: float | None) -> StreamInfo:
-        backend_name = backend or self._settings.default_backend
+    async def create(self, body: StreamCreate) -> StreamInfo:
+        url = body.url
+        backend_name = body.backend or self._settings.default_backend
         self._check_backend(backend_name)  # UnknownBackendError
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, validate_stream_url, url, self._settings.streams)
@@ -200,11 +223,12 @@ class RemoteCameras:
         stream_id = uuid.uuid4().hex[:12]
         spec = StreamSpec(
             id=stream_id,
-            name=name or stream_id,
+            name=body.name or stream_id,
             url=url,
             backend=backend_name,
-            max_fps=max_fps or self._settings.streams.default_max_fps,
+            max_fps=body.max_fps or self._settings.streams.default_max_fps,
             created_at=time.time(),
+            options=body.model_dump(include={"tracking", "smoothing", "skeleton_only"}, mode="json"),
         )
         if not await self._call(lambda: self.link.client.hsetnx(NAMES_KEY, spec.name, stream_id)):
             raise DuplicateStreamError(f"a stream named {spec.name!r} exists already")

@@ -38,6 +38,7 @@ from service.distributed.redis_jobs import (
     workers_key,
 )
 from service.distributed.transport import Admitted, PoseOutcome
+from service.engine import Ticket
 from service.errors import BackendUnavailableError, QueueFullError
 from service.metrics import Metrics
 
@@ -109,7 +110,8 @@ class RedisJobs:
         return self.link.connected
 
     # -- ImageJobs -------------------------------------------------------------------------------
-    async def admit(self, backend: str) -> RemoteAdmitted:
+    async def admit(self, backend: str, *, reserved: Ticket | None = None) -> RemoteAdmitted:
+        """(`reserved` is never set here: `ShedOverload` runs only in-process.)"""
         if not self.link.connected:
             raise BackendUnavailableError("Redis is unreachable; retry shortly", retry_after_s=RETRY_AFTER_S)
         self._watched.add(backend)

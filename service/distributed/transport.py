@@ -48,8 +48,9 @@ class Admitted(Protocol):
 
 
 class ImageJobs(Protocol):
-    async def admit(self, backend: str) -> Admitted:
-        """Reserve a slot for one image of `backend` before reading it (raises a `ServeError`)."""
+    async def admit(self, backend: str, *, reserved: Ticket | None = None) -> Admitted:
+        """Reserve a slot for one image of `backend` before reading it (raises a `ServeError`);
+        `reserved`: a slot `service.api.shed.ShedOverload` reserved already (in this process)."""
         ...
 
     async def run(self, admitted: Admitted, data: bytes, *, deadline: float) -> PoseOutcome:
@@ -78,9 +79,9 @@ class InProcessJobs:
         self._pool = pool
         self._max_image_pixels = max_image_pixels
 
-    async def admit(self, backend: str) -> LocalAdmitted:
+    async def admit(self, backend: str, *, reserved: Ticket | None = None) -> LocalAdmitted:
         loaded = await self._backends.acquire(backend)  # a first use loads the model
-        return LocalAdmitted(loaded, loaded.admit())
+        return LocalAdmitted(loaded, reserved or loaded.admit())
 
     async def prepare(self, admitted: Admitted, data: bytes, *, deadline: float) -> tuple[Prepared, int, int]:
         """(model input, image width, image height), decoded on the pool within `deadline`."""

@@ -15,6 +15,7 @@ runs each camera's watchdog, which restarts a reader that failed (each camera he
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import random
@@ -24,8 +25,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 import cv2
+import numpy as np
 from pydantic import BaseModel
 
+from models.persons import Persons
 from service.backends import BackendManager, LoadedBackend, Prepared
 from service.config import StreamSettings
 from service.errors import (
@@ -36,7 +39,17 @@ from service.errors import (
     UnknownStreamError,
 )
 from service.metrics import Metrics
-from service.schemas import ImageSize, Person, StreamFrameMessage, StreamLatency, StreamStateEvent, persons_json
+from service.schemas import (
+    ImageSize,
+    SmoothingOptions,
+    StreamFrameMessage,
+    StreamLatency,
+    StreamStateEvent,
+    StreamTrackEvent,
+    TrackedPerson,
+    TrackingOptions,
+    persons_json,
+)
 from service.streams.errorlog import ThrottledLog
 from service.streams.reader import CameraReader, Frame
 from service.streams.states import FrameOutcome, StreamState
@@ -103,8 +116,21 @@ class StreamManager:
         except KeyError:
             raise UnknownStreamError(f"no stream with id {stream_id!r}") from None
 
-    async def create(self, url: str, *, name: str | None, backend: str | None, max_fps: float | None) -> Stream:
-        """Validate everything first; nothing is started unless every check passes."""
+    async def create(
+        self,
+        url: str,
+        *,
+        name: str | None,
+        backend: str | None,
+        max_fps: float | None,
+        tracking: TrackingOptions | None = None,
+        smoothing: SmoothingOptions | None = None,
+        skeleton_only: bool = False,
+    ) -> Stream:
+        """Validate everything first; nothing is started unless every check passes.
+
+        `skeleton_only` is forced by the server setting `streams.skeleton_only`.
+        """
         if len(self._streams) >= self._settings.max_streams:
             raise StreamLimitError(f"at most {self._settings.max_streams} streams (streams.max_streams)")
         backend_name = backend or self._default_backend
@@ -134,9 +160,13 @@ class StreamManager:
             reader=reader,
             watchdog=ReaderWatchdog(reader, backoff),
             error_log=ThrottledLog(logger, ERROR_LOG_INTERVAL_S),
+            tracking=tracking or TrackingOptions(),
+            smoothing=smoothing or SmoothingOptions(),
+            skeleton_only=skeleton_only or self._settings.skeleton_only,
         )
         self._streams[stream_id] = stream
         self._publish_state_metric(stream)
+        self._zero_counters(name)
         reader.start()
         stream.task = asyncio.create_task(self._schedule(stream), name=f"stream-{name}")
         logger.info("stream %s (%s) subscribed: %s", name, stream_id, redact(url))
@@ -217,6 +247,18 @@ class StreamManager:
             stream.reconnects_counted += new
             self._metrics.stream_reconnects_total.labels(stream=stream.name).inc(new)
 
+    def _zero_counters(self, name: str) -> None:
+        """Every counter series of a new stream exists from 0, so `rate()`/`increase()` (and the
+        alerts built on them) see its first event instead of a series born at 1."""
+        for outcome in FrameOutcome:
+            self._metrics.stream_frames_total.labels(stream=name, outcome=outcome)
+        for counter in (
+            self._metrics.stream_reconnects_total,
+            self._metrics.stream_reader_restarts_total,
+            self._metrics.ws_messages_dropped_total,
+        ):
+            counter.labels(stream=name)
+
     def _publish_state_metric(self, stream: Stream) -> None:
         for state in StreamState:
             self._metrics.stream_state.labels(stream=stream.name, state=state).set(float(state == stream.state))
@@ -246,28 +288,42 @@ class StreamManager:
     async def _schedule(self, stream: Stream) -> None:
         """Submit the newest frame whenever one arrives, the stream's slot is free and `max_fps` allows.
 
-        Frames superseded while the slot was busy count as `dropped_overload`; those superseded
-        while waiting out the `max_fps` interval count as `skipped`.
+        Frames superseded before they could go are `skipped` (the `max_fps` rate limit chose not
+        to take them) unless the stream's slot was busy through a submission slot `max_fps`
+        allowed: those lost slots, and no more, are `dropped_overload`. Lost slots accumulate in
+        fractions, so over time processed + dropped_overload = the frames `max_fps` would take
+        (at most the camera's rate), whatever the inference time; an idle server drops nothing.
         """
         period_s = 1.0 / stream.max_fps
         max_age_s = self._settings.frame_max_age_ms / 1000.0
         loop = asyncio.get_running_loop()
         in_flight: asyncio.Task[None] | None = None
         next_allowed = loop.time()
+        lost_slots = 0.0
         try:
             while True:
                 await stream.new_frame.wait()
                 stream.new_frame.clear()
+                woke_at = loop.time()  # a frame is waiting from here on
                 busy = in_flight is not None and not in_flight.done()
+                lost_s = 0.0
                 if in_flight is not None and busy:
                     await asyncio.wait({in_flight})
+                    lost_s = max(0.0, loop.time() - max(next_allowed, woke_at))
                 if (delay := next_allowed - loop.time()) > 0:
                     await asyncio.sleep(delay)
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
                     continue
-                superseded = FrameOutcome.DROPPED_OVERLOAD if busy else FrameOutcome.SKIPPED
-                self._count(stream, superseded, frame.seq - stream.last_seq - 1)
+                superseded = frame.seq - stream.last_seq - 1
+                overload = 0
+                if lost_s:  # max_fps slots that passed while a frame waited for the busy slot
+                    lost_slots += lost_s / period_s
+                    whole = int(lost_slots)
+                    lost_slots -= whole
+                    overload = min(superseded, whole)
+                self._count(stream, FrameOutcome.DROPPED_OVERLOAD, overload)
+                self._count(stream, FrameOutcome.SKIPPED, superseded - overload)
                 stream.last_seq = frame.seq
                 if time.monotonic() - frame.captured_mono > max_age_s:
                     self._count(stream, FrameOutcome.DROPPED_STALE)
@@ -285,6 +341,9 @@ class StreamManager:
         except Exception:  # not an expected outcome: this frame is an `error`, the stream goes on
             outcome, message = FrameOutcome.ERROR, None
             stream.error_log.exception("stream %s: frame %d failed", stream.name, frame.seq)
+        finally:
+            if stream.skeleton_only:
+                frame.release()  # whoever still holds the frame (the reader's slot) holds no pixels
         self._count(stream, outcome)
         if message is not None:
             self._broadcast(stream, message)
@@ -313,6 +372,7 @@ class StreamManager:
             return FrameOutcome.DROPPED_OVERLOAD, None
         except cv2.error:
             return FrameOutcome.DECODE_ERROR, None
+        persons = self._tracked(stream, result.value.above(self._min_person_score), frame)
         now = time.monotonic()
         age_s = now - frame.captured_mono
         message = StreamFrameMessage(
@@ -321,8 +381,7 @@ class StreamManager:
             untrained=backend.untrained,
             captured_at=frame.captured_at_ns / 1e9,
             image=ImageSize(width=int(frame.image_bgr.shape[1]), height=int(frame.image_bgr.shape[0])),
-            # persons_json already gives the schema's exact types: no second validation per frame
-            persons=[Person.model_construct(**p) for p in persons_json(result.value.above(self._min_person_score))],
+            persons=persons,
             latency_ms=StreamLatency(
                 capture_to_result=round(age_s * 1000, 2),
                 queue=round(result.queue_s * 1000, 2),
@@ -332,6 +391,31 @@ class StreamManager:
         stream.results_at.append(now)
         self._metrics.stream_result_age_seconds.labels(stream=stream.name).observe(age_s)
         return FrameOutcome.PROCESSED, message
+
+    def _tracked(self, stream: Stream, persons: Persons, frame: Frame) -> builtins.list[TrackedPerson]:
+        """The frame's persons with their track ids (and smoothed keypoints); sends born/lost events first."""
+        track_ids: builtins.list[int | None] = [None] * len(persons.scores)
+        if stream.tracks is not None:
+            update = stream.tracks.update(persons.keypoints, persons.boxes_xyxy, frame.captured_mono)
+            if stream.smoothing.enabled:
+                persons = Persons(update.keypoints.astype(np.float32), persons.boxes_xyxy, persons.scores)
+            jitter = self._metrics.stream_keypoint_jitter_pixels.labels(stream=stream.name)
+            for sample in update.jitter_px:
+                jitter.observe(sample)
+            if stream.tracking.enabled:
+                track_ids = update.track_ids
+                for event in update.events:
+                    self._broadcast(
+                        stream,
+                        StreamTrackEvent(
+                            stream_id=stream.id, frame_seq=frame.seq, change=event.change, track_id=event.track_id
+                        ),
+                    )
+        # persons_json already gives the schema's exact types: no second validation per frame
+        return [
+            TrackedPerson.model_construct(**p, track_id=t)
+            for p, t in zip(persons_json(persons), track_ids, strict=True)
+        ]
 
 
 def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:

@@ -31,9 +31,17 @@ __all__ = ["CameraReader", "Capture", "Frame", "open_opencv"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+_RELEASED = np.zeros((0, 0, 3), np.uint8)
+_RELEASED.flags.writeable = False
+
+
+@dataclass(eq=False)
 class Frame:
-    """One decoded frame: (H, W, 3) uint8 BGR, its sequence number and capture times."""
+    """One decoded frame: (H, W, 3) uint8 BGR, its sequence number and capture times.
+
+    Treated as immutable, except `release()`: skeleton-only streams drop the pixels once the frame
+    is inferred, so no holder of the frame (the reader's newest-frame slot included) keeps them.
+    """
 
     seq: int
     image_bgr: np.ndarray
@@ -41,6 +49,14 @@ class Frame:
     """wall clock (for clients)"""
     captured_mono: float
     """monotonic seconds (for ages and deadlines)"""
+
+    def release(self) -> None:
+        """Drop the pixels: `image_bgr` becomes an empty (0, 0, 3) array."""
+        self.image_bgr = _RELEASED
+
+    @property
+    def released(self) -> bool:
+        return self.image_bgr is _RELEASED
 
 
 class Capture(Protocol):
@@ -235,6 +251,7 @@ class CameraReader:
                 self._seq += 1
                 self._latest = Frame(self._seq, image, time.time_ns(), now)
                 self._arrivals.append(now)
+            del image  # the frame holds the pixels; this thread keeps none while it waits for the next read
             self.last_frame_mono = now
             self.cpu_s = self._cpu_before_s + time.thread_time() - self._cpu_start
             got_frame = True

@@ -8,11 +8,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.schemas import SmoothingOptions, TrackingOptions
 from service.streams.errorlog import ThrottledLog
 from service.streams.reader import CameraReader
 from service.streams.states import FrameOutcome, StreamState
 from service.streams.urls import redact
 from service.streams.watchdog import ReaderWatchdog
+from service.tracking.one_euro import OneEuroConfig
+from service.tracking.session import TrackingSession
+from service.tracking.tracker import TrackerConfig
 
 __all__ = ["ClientQueue", "Stream", "StreamSnapshot"]
 
@@ -60,6 +64,9 @@ class StreamSnapshot:
     frames: dict[FrameOutcome, int]
     reader_cpu_s: float
     ws_clients: int
+    tracking: TrackingOptions
+    smoothing: SmoothingOptions
+    skeleton_only: bool
 
 
 @dataclass(eq=False)
@@ -83,6 +90,21 @@ class Stream:
     stalled: bool = False
     task: asyncio.Task[None] | None = None
     new_frame: asyncio.Event = field(default_factory=asyncio.Event)
+    tracking: TrackingOptions = field(default_factory=TrackingOptions)
+    smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
+    skeleton_only: bool = False
+    """no frame pixels are kept after inference: each frame is released once inferred; no preview"""
+    tracks: TrackingSession | None = None
+    """the tracker and filters between frames (None when neither tracking nor smoothing is on)"""
+
+    def __post_init__(self) -> None:
+        if self.tracks is None and (self.tracking.enabled or self.smoothing.enabled):
+            tracker = TrackerConfig(max_age_frames=self.tracking.max_age_frames, min_hits=self.tracking.min_hits)
+            one_euro = None
+            if self.smoothing.enabled:
+                sm = self.smoothing
+                one_euro = OneEuroConfig(min_cutoff=sm.min_cutoff, beta=sm.beta, d_cutoff=sm.d_cutoff)
+            self.tracks = TrackingSession(tracker, one_euro)
 
     @property
     def state(self) -> StreamState:
@@ -113,4 +135,7 @@ class Stream:
             frames=dict(self.outcomes),
             reader_cpu_s=self.reader.cpu_s,
             ws_clients=len(self.clients),
+            tracking=self.tracking,
+            smoothing=self.smoothing,
+            skeleton_only=self.skeleton_only,
         )

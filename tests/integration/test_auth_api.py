@@ -254,6 +254,7 @@ def test_every_v1_route_is_in_the_scope_table(tmp_path: Path) -> None:
         "/v1/backends": "pose",
         "/v1/streams": "streams",
         "/v1/streams/{stream_id}": "streams",
+        "/v1/streams/{stream_id}/frame.jpg": "streams",
         WS_PATH: "streams",
     }
 

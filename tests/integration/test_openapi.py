@@ -122,6 +122,8 @@ def test_summary_covers_every_operation_and_check() -> None:
         "GET /v1/streams",
         "GET /v1/streams/{stream_id}",
         "DELETE /v1/streams/{stream_id}",
+        "GET /v1/streams/{stream_id}/frame.jpg",
+        "GET /viewer",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

@@ -186,3 +186,49 @@ def test_a_stage_without_live_workers_is_not_ready(model_dir: Path, monkeypatch:
     assert any("movenet-multipose" in p and "0 of 1" in p for p in ready.json()["problems"]), ready.json()
     assert {r.status_code for r in answers} == {503}
     assert {r.json()["error"]["code"] for r in answers} == {"backend_unavailable"}
+
+
+def test_slots_admitted_at_the_edge_are_released_whatever_the_route_answers(model_dir: Path) -> None:
+    """`ShedOverload` reserves a slot before routing; requests that then fail in the route (415,
+    422, 400) give it back: more of them than `max_queue` leave the backend admitting."""
+    image = distinct_jpegs(1)[0]
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[int], int, str]:
+        await client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"})  # loaded
+        codes = []
+        for i in range(40):  # each kind of failure more often than max_queue (32)
+            for url, body, content_type in (
+                ("/v1/pose", image, "text/plain"),  # 415 in the route
+                (f"/v1/pose?min_score={i + 2}", image, "image/jpeg"),  # 422 before the route runs
+                ("/v1/pose", b"\xff\xd8junk", "image/jpeg"),  # 400 after decoding
+            ):
+                r = await client.post(url, content=body, headers={"content-type": content_type})
+                codes.append(r.status_code)
+        good = await client.post("/v1/pose", content=image, headers={"content-type": "image/jpeg"})
+        return codes, good.status_code, (await client.get("/metrics")).text
+
+    codes, good, metrics = run(settings_for(model_dir, max_queue_delay_ms=None), scenario)
+    assert sorted(set(codes)) == [400, 415, 422], codes
+    assert good == 200
+    answered = {(lb["route"], lb["code"]): v for lb, v in metric_samples(metrics, "poseserve_requests_total")}
+    assert answered[("/v1/pose", "415")] == 40 and answered[("/v1/pose", "200")] == 2
+
+
+def test_refusals_at_the_edge_are_counted_under_their_route(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrap_sessions(monkeypatch, delay_s=0.15)
+    bodies = distinct_jpegs(30)
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[httpx.Response], str]:
+        await client.post("/v1/pose", content=bodies[0], headers={"content-type": "image/jpeg"})  # loaded
+        responses = await asyncio.gather(
+            *(client.post("/v1/pose", content=b, headers={"content-type": "image/jpeg"}) for b in bodies)
+        )
+        return list(responses), (await client.get("/metrics")).text
+
+    responses, metrics = run(settings_for(model_dir, max_queue_delay_ms=QUEUE_DELAY_MS), scenario)
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused and all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert all(r.json()["error"]["code"] == "overloaded" for r in refused)
+    answered = {(lb["route"], lb["code"]): v for lb, v in metric_samples(metrics, "poseserve_requests_total")}
+    assert answered[("/v1/pose", "503")] == len(refused)
+    assert ("unmatched", "503") not in answered

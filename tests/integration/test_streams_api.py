@@ -33,6 +33,15 @@ def test_bad_stream_requests(model_dir: Path) -> None:
         ({"url": DEAD_CAMERA, "max_fps": 0}, 422, "validation_error"),
         ({"url": DEAD_CAMERA, "name": "has spaces"}, 422, "validation_error"),
         ({"url": DEAD_CAMERA, "surprise": 1}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "tracking": {"min_hits": 0}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "tracking": {"max_age_frames": 5000}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "smoothing": {"min_cutoff": 0}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "smoothing": {"beta": -1}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "smoothing": {"enabled": True, "gain": 2}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "skeleton_only": "sometimes"}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "skeleton_only": 1}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "tracking": {"min_hits": True}}, 422, "validation_error"),
+        ({"url": DEAD_CAMERA, "smoothing": {"beta": False}}, 422, "validation_error"),
         ({}, 422, "validation_error"),
     ]
 
@@ -53,7 +62,15 @@ def test_limits_duplicates_and_lifecycle(model_dir: Path) -> None:
         first = await client.post("/v1/streams", json={"url": DEAD_CAMERA, "name": "door"})
         out["first"] = first
         out["duplicate"] = await client.post("/v1/streams", json={"url": DEAD_CAMERA, "name": "door"})
-        out["second"] = await client.post("/v1/streams", json={"url": DEAD_CAMERA})
+        out["second"] = await client.post(
+            "/v1/streams",
+            json={
+                "url": DEAD_CAMERA,
+                "tracking": {"enabled": False},
+                "smoothing": {"enabled": True, "beta": 0.5},
+                "skeleton_only": True,
+            },
+        )
         out["third"] = await client.post("/v1/streams", json={"url": DEAD_CAMERA})
         stream_id = first.json()["id"]
         await asyncio.sleep(1.0)
@@ -73,10 +90,16 @@ def test_limits_duplicates_and_lifecycle(model_dir: Path) -> None:
     assert set(created) == {
         "id", "name", "url", "backend", "max_fps", "state", "created_at", "input_fps", "result_fps",
         "last_frame_age_s", "reconnects", "reader_restarts", "frames", "drops", "reader_cpu_s", "ws_clients",
+        "tracking", "smoothing", "skeleton_only",
     }  # fmt: skip
+    assert created["tracking"] == {"enabled": True, "max_age_frames": 30, "min_hits": 3}
+    assert created["smoothing"]["enabled"] is False and created["skeleton_only"] is False
     assert created["reconnects"] == 0 and created["reader_restarts"] == 0 and created["frames"] == {}
     assert out["duplicate"].status_code == 409 and out["duplicate"].json()["error"]["code"] == "duplicate_stream"
     assert out["second"].status_code == 201
+    second = out["second"].json()
+    assert second["tracking"]["enabled"] is False and second["skeleton_only"] is True
+    assert second["smoothing"] == {"enabled": True, "min_cutoff": 1.0, "beta": 0.5, "d_cutoff": 1.0}
     assert out["third"].status_code == 409 and out["third"].json()["error"]["code"] == "too_many_streams"
     # a camera that never connects stays "connecting" and does not affect the service
     assert out["one"].json()["state"] == "connecting" and out["ready"].status_code == 200

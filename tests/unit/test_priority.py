@@ -49,3 +49,15 @@ def test_errors_come_back_and_zero_changes_nothing() -> None:
     worker.start()
     worker.join(5)
     assert seen == [19]
+
+
+def test_the_app_decodes_images_below_the_event_loop(tmp_path: object) -> None:
+    from service.api import create_app
+    from service.config import Settings
+
+    app = create_app(Settings(model_dir=tmp_path, batching={"worker_nice": 4}))  # type: ignore[arg-type]
+    pool = app.state.services.decode_pool
+    try:
+        assert pool.submit(nice_of_this_thread).result(5) == min(19, nice_of_this_thread() + 4)
+    finally:
+        pool.shutdown()

@@ -85,9 +85,11 @@ class NoPersons:
 @dataclass
 class FakeBackend:
     """`infer` follows `script`, one step per call: None = answer, an exception = raise it,
-    an `asyncio.Event` = answer once it is set (the slot stays busy meanwhile)."""
+    an `asyncio.Event` = answer once it is set (the slot stays busy meanwhile); past the script,
+    every call takes `infer_s`."""
 
     script: deque[BaseException | asyncio.Event | None] = field(default_factory=deque)
+    infer_s: float = 0.0
     untrained: bool = False
     calls: int = 0
 
@@ -97,6 +99,8 @@ class FakeBackend:
     async def infer(self, prepared: np.ndarray, *, deadline: float, wait_s: float, key: Any = None) -> Any:
         self.calls += 1
         step = self.script.popleft() if self.script else None
+        if step is None and self.infer_s:
+            await asyncio.sleep(self.infer_s)
         if isinstance(step, asyncio.Event):
             await step.wait()
         elif step is not None:
@@ -134,7 +138,7 @@ class Harness:
             value = self.metrics.registry.get_sample_value(
                 "poseserve_stream_frames_total", {"stream": self.stream.name, "outcome": outcome}
             )
-            if value is not None:
+            if value:  # every outcome's series exists from 0
                 self.counted[outcome] = value
 
     async def settle(self, frames: int, timeout_s: float = 5.0) -> None:
@@ -217,6 +221,46 @@ def test_frames_superseded_while_the_slot_is_busy_are_dropped_overload() -> None
     assert h.backend.calls == 2
 
 
+async def camera(h: Harness, fps: float, seconds: float) -> float:
+    """Push frames at `fps` for about `seconds`; the seconds it took, once every frame has its outcome."""
+    started = time.monotonic()
+    for _ in range(round(fps * seconds)):
+        h.reader.push()
+        await asyncio.sleep(1.0 / fps)
+    pushed_s = time.monotonic() - started
+    await h.settle(h.reader.frames_read)
+    return pushed_s
+
+
+def test_a_camera_faster_than_max_fps_on_an_idle_server_drops_nothing() -> None:
+    async def scenario() -> Harness:
+        async with harness(max_fps=10.0) as h:
+            h.backend.infer_s = 0.06  # busy at most 60 % of each 100 ms period
+            await camera(h, fps=50.0, seconds=2.0)
+            return h
+
+    h = asyncio.run(scenario())
+    outcomes = h.outcomes()
+    assert "dropped_overload" not in outcomes, outcomes
+    assert 15 <= outcomes["processed"] <= 22, outcomes  # ~10/s for 2 s
+    assert outcomes["processed"] + outcomes["skipped"] == h.reader.frames_read
+
+
+def test_a_saturated_stream_counts_the_max_fps_slots_it_lost_as_overload() -> None:
+    async def scenario() -> tuple[Harness, float]:
+        async with harness(max_fps=10.0) as h:
+            h.backend.infer_s = 0.25  # 4 results/s where max_fps asks for 10
+            return h, await camera(h, fps=50.0, seconds=2.0)
+
+    h, seconds = asyncio.run(scenario())
+    outcomes = h.outcomes()
+    processed, overload = outcomes["processed"], outcomes.get("dropped_overload", 0)
+    assert abs(processed - 4 * seconds) <= 2, (outcomes, seconds)
+    # processed + dropped_overload = what max_fps would have taken; the rest is skipped
+    assert abs(processed + overload - 10 * seconds) <= 3, (outcomes, seconds)
+    assert processed + overload + outcomes["skipped"] == h.reader.frames_read
+
+
 def test_expected_failures_map_to_their_outcomes() -> None:
     async def scenario() -> Harness:
         async with harness() as h:
@@ -274,7 +318,8 @@ def test_a_mixed_run_gives_every_frame_exactly_one_outcome() -> None:
                 h.reader.push()
                 await asyncio.sleep(0.005)
             gate.set()
-            await h.settle(6)  # the gated frame processed, two superseded meanwhile, the newest fails
+            await h.settle(6)  # the gated frame processed, two superseded meanwhile (within one max_fps
+            # period after the first arrived: no allowed slot was lost, so skipped), the newest fails
             h.reader.push(age_s=5.0)
             await h.settle(7)
             h.reader.push(image=UNCONVERTIBLE_IMAGE)
@@ -282,7 +327,7 @@ def test_a_mixed_run_gives_every_frame_exactly_one_outcome() -> None:
             return h
 
     h = asyncio.run(scenario())
-    expected = {"processed": 2, "dropped_overload": 3, "error": 1, "dropped_stale": 1, "decode_error": 1}
+    expected = {"processed": 2, "dropped_overload": 1, "skipped": 2, "error": 1, "dropped_stale": 1, "decode_error": 1}
     assert h.outcomes() == expected
     assert sum(h.outcomes().values()) == h.reader.frames_read == 8
     assert h.counted == expected

@@ -116,7 +116,8 @@ class RedisJobs:
             raise BackendUnavailableError("Redis is unreachable; retry shortly", retry_after_s=RETRY_AFTER_S)
         self._watched.add(backend)
         live = self._live_workers.get(backend)
-        if live == 0:
+        if live == 0 and time.monotonic() - self.link.connected_at >= self._settings.distributed.worker_ttl_ms / 1000:
+            # (right after Redis came back, workers have not said they are alive again yet)
             raise BackendUnavailableError(
                 f"no worker serves backend {backend} (start `poseserve worker --backend {backend}`)",
                 retry_after_s=RETRY_AFTER_S,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -58,6 +59,8 @@ class RedisLink:
         self._role = role
         self.backoff_max_s = backoff_max_s
         self.connected = False
+        self.connected_at = 0.0
+        """`time.monotonic()` when Redis was reached last after being out of reach"""
         self.run_id: str | None = None
         self._ever = False
         metrics.redis_connected.set(0)
@@ -77,6 +80,7 @@ class RedisLink:
         restarted = self.run_id is not None and run_id != self.run_id
         self.run_id = run_id
         if not self.connected:
+            self.connected_at = time.monotonic()
             if self._ever:
                 self._metrics.redis_reconnects_total.inc()
                 logger.warning("%s: Redis is back%s", self._role, " (a restarted server)" if restarted else "")

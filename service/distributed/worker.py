@@ -33,7 +33,7 @@ from redis.typing import StreamIdT
 
 from service.backends import BackendManager, Prepared
 from service.config import Settings
-from service.distributed.link import REDIS_ERRORS, RedisLink
+from service.distributed.link import REDIS_ERRORS, Backoff, RedisLink
 from service.distributed.redis_jobs import GROUP, Job, decode_job, encode_reply, jobs_key, workers_key
 from service.distributed.transport import InProcessJobs, LocalAdmitted, PoseOutcome, outcome
 from service.errors import BackendUnavailableError, DeadlineExceededError, ServeError
@@ -101,7 +101,8 @@ class JobWorker:
 
     # -- loops -----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        backoff = self.link.backoff()
+        # retried at least once per heartbeat: gateways count this worker again soon after Redis is back
+        backoff = Backoff(max_s=min(self._dist.backoff_max_s, self._dist.heartbeat_ms / 1000))
         while True:
             try:
                 if not self.link.connected:

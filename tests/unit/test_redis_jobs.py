@@ -149,6 +149,9 @@ def test_gateway_refuses_without_redis_or_workers_and_at_its_bound() -> None:
             await jobs.admit("movenet-multipose")
         jobs.link.connected = True
         jobs._live_workers["movenet-multipose"] = 0
+        jobs.link.connected_at = time.monotonic()  # Redis just came back: workers get a TTL to say so
+        (await jobs.admit("movenet-multipose")).release()
+        jobs.link.connected_at = time.monotonic() - settings.distributed.worker_ttl_ms / 1000
         with pytest.raises(BackendUnavailableError, match="no worker serves"):
             await jobs.admit("movenet-multipose")
         jobs._live_workers["movenet-multipose"] = 1

@@ -96,6 +96,18 @@ def test_two_workers_serve_every_request(cluster: Cluster) -> None:
     assert gateway_metric(cluster.gateway, "poseserve_redis_jobs_total", outcome="answered") == 200
     assert gateway_metric(cluster.gateway, "poseserve_redis_jobs_total", outcome="sent") == 200
 
+    def drained() -> bool:  # lag and pending are published, and fall back to 0 once all is answered
+        text = httpx.get(f"{cluster.gateway}/metrics", timeout=10).text
+        series = [
+            v
+            for name in ("poseserve_redis_stream_lag", "poseserve_redis_stream_pending")
+            for lb, v in metric_samples(text, name)
+            if lb.get("backend") == BACKEND
+        ]
+        return len(series) == 2 and series == [0.0, 0.0]
+
+    wait_for(drained, 10, "stream lag and pending back to 0")
+
 
 def test_killed_worker_jobs_are_redelivered_and_answered_once(cluster: Cluster) -> None:
     victim, survivor = cluster.workers

@@ -55,13 +55,24 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port (0 = any free port)")] = None,
     backend: Annotated[str | None, typer.Option(help="default backend")] = None,
     allow_untrained: Annotated[bool | None, typer.Option(help="serve backends without trained weights")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="run as a gateway: image jobs go to `poseserve worker`s over this Redis")
+    ] = None,
+    local_workers: Annotated[
+        bool, typer.Option(help="a gateway also runs workers for the preloaded backends in this process")
+    ] = False,
 ) -> None:
     """Serve the HTTP API (settings from POSESERVE_* environment variables and these options)."""
     import uvicorn
 
     from service.api import create_app
 
-    settings = _settings(host=host, port=port, default_backend=backend, allow_untrained=allow_untrained)
+    settings = _settings(
+        host=host, port=port, default_backend=backend, allow_untrained=allow_untrained, redis_url=redis_url
+    )
+    if local_workers:
+        dist = settings.distributed.model_copy(update={"local_workers": True})
+        settings = settings.model_copy(update={"distributed": dist})
     if settings.malloc_arenas:
         limit_malloc_arenas(settings.malloc_arenas)  # before any worker thread allocates
     # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
@@ -87,6 +98,32 @@ def serve(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes)
     sock.bind((settings.host, settings.port))
     uvicorn.Server(config).run(sockets=[sock])
+
+
+@app.command()
+def worker(
+    redis_url: Annotated[str | None, typer.Option(help="the gateways' Redis (else POSESERVE_REDIS_URL)")] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option(help="a backend whose jobs this worker runs (repeat for more); default: preload")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="worker id in Redis and replies (default: host-pid)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
+    allow_untrained: Annotated[bool | None, typer.Option(help="serve backends without trained weights")] = None,
+) -> None:
+    """Run the batcher and model sessions of some backends for the gateways (`serve --redis-url`)."""
+    from service.distributed.run import run_worker
+
+    settings = _settings(redis_url=redis_url, allow_untrained=allow_untrained)
+    if settings.redis_url is None:
+        raise typer.BadParameter("a worker needs --redis-url (or POSESERVE_REDIS_URL)")
+    if name is not None:
+        settings = settings.model_copy(
+            update={"distributed": settings.distributed.model_copy(update={"worker_name": name})}
+        )
+    if settings.malloc_arenas:
+        limit_malloc_arenas(settings.malloc_arenas)
+    cv2.setNumThreads(1)
+    run_worker(settings, backend or list(settings.preload), metrics_port=metrics_port)
 
 
 @models_app.command("pull")

@@ -17,7 +17,15 @@ from models.registry import DETECTORS
 from models.weights import DEFAULT_MODEL_DIR
 from service.auth import parse_rate
 
-__all__ = ["AuthSettings", "BackendSettings", "Provider", "Settings", "StreamSettings", "TopDownSettings"]
+__all__ = [
+    "AuthSettings",
+    "BackendSettings",
+    "DistributedSettings",
+    "Provider",
+    "Settings",
+    "StreamSettings",
+    "TopDownSettings",
+]
 
 Provider = Literal["tensorrt", "cuda", "cpu"]
 
@@ -158,6 +166,26 @@ class AuthSettings(BaseModel):
         return value
 
 
+class DistributedSettings(BaseModel):
+    """Gateways and workers over Redis (`redis_url`): image jobs on a Stream per backend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    visibility_timeout_ms: int = Field(
+        2000, ge=100, description="a job delivered this long ago and not acknowledged is re-delivered (XAUTOCLAIM)"
+    )
+    stream_maxlen: int = Field(10_000, ge=100, description="jobs kept per backend stream (MAXLEN ~)")
+    reply_maxlen: int = Field(10_000, ge=100, description="replies kept per gateway stream (MAXLEN ~)")
+    heartbeat_ms: int = Field(1000, ge=100, description="how often a worker says it is alive")
+    worker_ttl_ms: int = Field(5000, ge=500, description="a worker silent this long is counted as gone")
+    backoff_max_s: float = Field(2.0, gt=0, description="longest wait between reconnection attempts")
+    lease_ttl_ms: int = Field(
+        5000, ge=500, description="a camera whose worker stopped renewing its lease this long moves to another"
+    )
+    local_workers: bool = Field(False, description="a gateway also runs workers for `preload` in its own process")
+    worker_name: str | None = Field(None, description="this worker's id in Redis and replies; None = host-pid")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSESERVE_", env_nested_delimiter="__", extra="forbid")
 
@@ -209,7 +237,10 @@ class Settings(BaseSettings):
     )
     api_key_file: Path | None = Field(None, description="one key per line with scopes/rate/name; reread on SIGHUP")
     auth: AuthSettings = AuthSettings()
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        None, description="set: `serve` is a gateway and `worker` takes jobs, both over this Redis (DESIGN §4)"
+    )
+    distributed: DistributedSettings = DistributedSettings()
 
     @field_validator("jpeg_decode_scale")
     @classmethod
@@ -224,6 +255,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _redelivery_before_deadline(self) -> Settings:
+        if self.redis_url and self.distributed.visibility_timeout_ms >= self.request_timeout_s * 1000:
+            raise ValueError("distributed.visibility_timeout_ms must be shorter than request_timeout_s")
+        return self
 
     def backend(self, name: str) -> BackendSettings:
         """Effective settings of backend `name`: its override, else the shared defaults."""

@@ -158,6 +158,48 @@ class Metrics:
             registry=r,
         )
 
+        # distributed mode (service.distributed): image jobs over Redis Streams, per backend
+        self.redis_stream_lag = Gauge(
+            "poseserve_redis_stream_lag",
+            "jobs in the backend's Redis stream not yet delivered to any worker (consumer group lag)",
+            ["backend"],
+            registry=r,
+        )
+        self.redis_stream_pending = Gauge(
+            "poseserve_redis_stream_pending",
+            "jobs delivered to a worker and not yet acknowledged",
+            ["backend"],
+            registry=r,
+        )
+        self.redis_workers = Gauge(
+            "poseserve_redis_workers", "workers whose heartbeat is fresh, per backend", ["backend"], registry=r
+        )
+        self.redis_jobs_total = Counter(
+            "poseserve_redis_jobs_total",
+            "image jobs by outcome: gateway: sent, answered, duplicate (a second reply, dropped), late (reply after "
+            "the request gave up), lost (Redis restarted under it); worker: done, failed (typed failure replied), "
+            "expired (past its deadline: acknowledged, never run)",
+            ["backend", "outcome"],
+            registry=r,
+        )
+        self.redis_jobs_redelivered_total = Counter(
+            "poseserve_redis_jobs_redelivered_total",
+            "jobs a worker claimed from another (presumed dead) worker after the visibility timeout",
+            ["backend"],
+            registry=r,
+        )
+        self.redis_lease_moves_total = Counter(
+            "poseserve_redis_lease_moves_total",
+            "cameras this worker took over after the lease of their previous worker expired",
+            registry=r,
+        )
+        self.redis_connected = Gauge(
+            "poseserve_redis_connected", "1 while this process reaches Redis, else 0", registry=r
+        )
+        self.redis_reconnects_total = Counter(
+            "poseserve_redis_reconnects_total", "times this process got Redis back after losing it", registry=r
+        )
+
     def forget_stream(self, stream: str) -> None:
         """Remove every series of a deleted stream."""
         for metric in (

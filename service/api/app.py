@@ -35,6 +35,11 @@ from service.api.shed import ShedOverload
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.camera_worker import CameraWorker
+from service.distributed.cameras import Cameras, LocalCameras, RemoteCameras
+from service.distributed.gateway import RedisJobs
+from service.distributed.transport import InProcessJobs
+from service.distributed.worker import JobWorker
 from service.errors import ServeError
 from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
@@ -73,20 +78,55 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         min_person_score=settings.min_person_score,
         det_every_n=settings.topdown.det_every_n,
     )
-    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, FramePreviews(decode_pool))
+    remote = RedisJobs(settings, metrics) if settings.redis_url else None
+    local = InProcessJobs(
+        backends,
+        decode_pool,
+        max_image_pixels=settings.max_image_pixels,
+        jpeg_decode_scale=settings.jpeg_decode_scale,
+    )
+    cameras: Cameras = LocalCameras(stream_manager)
+    if remote is not None:
+        cameras = RemoteCameras(settings, metrics, decode_pool, remote.link, check_backend=backends.spec)
+    previews = FramePreviews(decode_pool)
+    svc = Services(
+        settings, metrics, backends, stream_manager, decode_pool, keyring, previews, remote or local, cameras
+    )
+    # a gateway (redis_url set) runs no model unless it also runs workers of its own
+    models_here = remote is None or settings.distributed.local_workers
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        local_tasks: list[asyncio.Task[None]] = []
         try:
-            for name in settings.preload:
+            for name in settings.preload if models_here else ():
                 try:
                     await backends.acquire(name)
                 except ServeError as exc:
                     logger.warning("backend %s not preloaded: %s", name, exc.message)
             stream_manager.start()
+            if remote is not None:
+                await remote.start()
+                if isinstance(cameras, RemoteCameras):
+                    await cameras.start()
+                if settings.distributed.local_workers:
+                    served = [n for n in settings.preload if backends.loaded(n)]
+                    worker = JobWorker(settings, metrics, backends, local, served)
+                    leases = CameraWorker(
+                        settings, metrics, stream_manager, worker.link, served, worker_id=worker.worker_id
+                    )
+                    local_tasks = [asyncio.create_task(leases.run()), asyncio.create_task(worker.run())]
             with reload_on_sighup(keyring) if reload_keys_on_sighup else contextlib.nullcontext():
                 yield
         finally:
+            for task in local_tasks:  # cameras first: they release their leases over the worker's link
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if isinstance(cameras, RemoteCameras):
+                await cameras.close()
+            if remote is not None:
+                await remote.close()
             await stream_manager.close()
             backends.close()
             decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -103,7 +143,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
     app.include_router(viewer.router)
-    app.add_middleware(ShedOverload, services=svc)  # inside auth: a key is checked before a slot is asked
+    if remote is None:  # a gateway admits in `RedisJobs.admit`: its slots are not local tickets
+        app.add_middleware(ShedOverload, services=svc)  # inside auth: a key is checked before a slot is asked
     app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
 
     app.add_middleware(_Observe, metrics=metrics)  # outermost: counts refusals too
@@ -136,7 +177,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
 
     async def readiness_problems() -> list[str]:
         """Why the service is not ready (empty: ready); sets `poseserve_ready`."""
-        problems = [f"backend {name} (preload) is not loaded" for name in settings.preload if not backends.loaded(name)]
+        preload = settings.preload if models_here else ()
+        problems = [f"backend {name} (preload) is not loaded" for name in preload if not backends.loaded(name)]
         problems += backends.problems()  # stages with dead workers, named
         if settings.redis_url and not await _redis_reachable(settings.redis_url):
             problems.append("redis is unreachable")

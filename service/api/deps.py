@@ -17,6 +17,8 @@ from service.api.preview import FramePreviews
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
+from service.distributed.cameras import Cameras
+from service.distributed.transport import ImageJobs
 from service.errors import (
     AuthRefusal,
     BackendUnavailableError,
@@ -73,6 +75,9 @@ class Services:
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
     previews: FramePreviews
+    jobs: ImageJobs
+    cameras: Cameras
+    """`streams` behind `/v1/streams`, or the Redis stream registry of a gateway"""
     inflight: int = 0
 
 

@@ -4,18 +4,20 @@ The backend admits the request first (a slot reserved, or 503 `overloaded` + Ret
 would wait longer than `max_queue_delay_ms`), before any byte of the body is read; then the body
 is read with a byte cap, decoded and preprocessed on the decode pool (never on the event loop),
 batched by the backend's runner in the reserved slot, and awaited with the request's deadline.
+All of that is `svc.jobs` (`service.distributed.transport`): in this process by default; in
+distributed mode a worker process does the decoding and the batching, and the answer names it
+in the `X-Poseserve-Worker` header.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -23,8 +25,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from service.api.deps import Services, require_scope, services
 from service.api.openapi import AUTH_ERRORS, POSE_REQUEST_BODY, error_responses
 from service.api.shed import SLOT
-from service.backends import Prepared
-from service.engine import Ticket
+from service.distributed.transport import Admitted
 from service.errors import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -32,12 +33,15 @@ from service.errors import (
     OverloadedError,
     UnsupportedMediaTypeError,
 )
-from service.imaging import ACCEPTED_MEDIA_TYPES, decode_image_reduced
+from service.imaging import ACCEPTED_MEDIA_TYPES
 from service.schemas import BackendInfo, PoseResponse, persons_json
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_scope("pose"))])
+
+WORKER_HEADER = "X-Poseserve-Worker"
+"""names the worker process that ran the image, in distributed mode"""
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:
@@ -104,6 +108,7 @@ async def _image_bytes(request: Request, max_bytes: int) -> bytes:
 )
 async def pose(
     request: Request,
+    response: Response,
     backend: str | None = Query(None, description="backend name; default from settings"),
     min_score: float | None = Query(None, ge=0.0, le=1.0, description="drop persons scoring below"),
     svc: Services = Depends(services),
@@ -115,46 +120,33 @@ async def pose(
     if svc.inflight >= settings.max_inflight_requests:
         raise OverloadedError(f"{svc.inflight} requests in flight; retry shortly")
     svc.inflight += 1
-    ticket: Ticket | None = None
+    admitted: Admitted | None = None
     try:
-        be = await svc.backends.acquire(name)  # a first use loads the model: not part of the deadline
-        # refused before the body is read when it could not start in time (most often already by
-        # `ShedOverload`, which hands over the slot it reserved)
-        ticket = request.scope.get(SLOT) or be.admit()
+        # a first use loads the model (not part of the deadline); refused before the body is read
+        # when it could not start in time (in this process most often already by `ShedOverload`,
+        # which hands over the slot it reserved)
+        admitted = await svc.jobs.admit(name, reserved=request.scope.get(SLOT))
         deadline = time.monotonic() + settings.request_timeout_s
-
-        scale = settings.jpeg_decode_scale
-        long_side = None if scale == 0 or be.input_side is None else round(scale * be.input_side)
-
-        def prepare() -> tuple[Prepared, tuple[int, int]]:
-            rgb, full_wh = decode_image_reduced(data, max_pixels=settings.max_image_pixels, long_side=long_side)
-            prepared = be.prepare(rgb)
-            if (rgb.shape[1], rgb.shape[0]) != full_wh:  # decoded reduced: keypoints in the full image's pixels
-                prepared = dataclasses.replace(prepared, geometry=prepared.geometry.of_full_size(full_wh))
-            return prepared, full_wh
-
         try:
             data = await asyncio.wait_for(_image_bytes(request, settings.max_image_bytes), settings.request_timeout_s)
-            prepared, (width, height) = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(svc.decode_pool, prepare),
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
-            result = await be.infer(prepared, deadline=deadline, wait_s=deadline - time.monotonic(), ticket=ticket)
+            result = await svc.jobs.run(admitted, data, deadline=deadline)
         except TimeoutError:
             raise DeadlineExceededError(
                 f"no result within {settings.request_timeout_s:g} s (request_timeout_s)"
             ) from None
     finally:
         svc.inflight -= 1
-        if ticket is not None:
-            ticket.release()  # no-op once the image was queued in its slot
+        if admitted is not None:
+            admitted.release()
+    if result.worker is not None:
+        response.headers[WORKER_HEADER] = result.worker
     threshold = settings.min_person_score if min_score is None else min_score
     return {
         "request_id": uuid.uuid4().hex,
         "backend": name,
-        "untrained": be.untrained,
-        "image": {"width": width, "height": height},
-        "persons": persons_json(result.value.above(threshold)),
+        "untrained": result.untrained,
+        "image": {"width": result.width, "height": result.height},
+        "persons": persons_json(result.persons.above(threshold)),
         "timing_ms": {
             "queue": round(result.queue_s * 1000, 3),
             "inference": round(result.inference_s * 1000, 3),

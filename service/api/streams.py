@@ -44,32 +44,22 @@ _CLOSE_NOT_FOUND = 4404
     ),
 )
 async def create_stream(body: StreamCreate, svc: Services = Depends(services)) -> StreamInfo:
-    stream = await svc.streams.create(
-        body.url,
-        name=body.name,
-        backend=body.backend,
-        max_fps=body.max_fps,
-        tracking=body.tracking,
-        smoothing=body.smoothing,
-        skeleton_only=body.skeleton_only,
-        det_every_n=body.det_every_n,
-    )
-    return StreamInfo.from_snapshot(stream.snapshot())
+    return await svc.cameras.create(body)
 
 
 @router.get("", response_model=list[StreamInfo], responses=error_responses(*AUTH_ERRORS))
 async def list_streams(svc: Services = Depends(services)) -> list[StreamInfo]:
-    return [StreamInfo.from_snapshot(s.snapshot()) for s in svc.streams.list()]
+    return await svc.cameras.list()
 
 
 @router.get("/{stream_id}", response_model=StreamInfo, responses=error_responses(*AUTH_ERRORS, "unknown_stream"))
 async def get_stream(stream_id: str, svc: Services = Depends(services)) -> StreamInfo:
-    return StreamInfo.from_snapshot(svc.streams.get(stream_id).snapshot())
+    return await svc.cameras.get(stream_id)
 
 
 @router.delete("/{stream_id}", status_code=204, responses=error_responses(*AUTH_ERRORS, "unknown_stream"))
 async def delete_stream(stream_id: str, svc: Services = Depends(services)) -> Response:
-    await svc.streams.delete(stream_id)
+    await svc.cameras.delete(stream_id)
     return Response(status_code=204)
 
 
@@ -115,7 +105,7 @@ async def stream_ws(websocket: WebSocket, stream_id: str) -> None:
         await websocket.close(code=_CLOSE_POLICY, reason="missing or invalid API key")
         return
     try:
-        client = svc.streams.subscribe(stream_id)
+        client = await svc.cameras.subscribe(stream_id)
     except UnknownStreamError as exc:
         await websocket.close(code=_CLOSE_NOT_FOUND, reason=exc.message)
         return
@@ -128,7 +118,7 @@ async def stream_ws(websocket: WebSocket, stream_id: str) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await task
-        svc.streams.unsubscribe(stream_id, client)
+        svc.cameras.unsubscribe(stream_id, client)
         if websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client may be gone already
                 await websocket.close()

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-import service.api.pose as pose_api
 import service.backends.single_stage as single_stage
+import service.distributed.transport as transport
 import service.engine as engine
 from models.runtime import Session
 from service.config import BackendSettings, Settings
@@ -100,13 +100,13 @@ def test_burst_refuses_before_decoding_and_answers_within_the_queue_bound(
 ) -> None:
     wrap_sessions(monkeypatch, delay_s=0.15)  # >= 0.3 s per batch of 2: the burst cannot all start in time
     decoded: list[bytes] = []
-    real_decode = pose_api.decode_image_reduced
+    real_decode = transport.decode_image_reduced
 
     def counting_decode(data: bytes, *, max_pixels: int, long_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
         decoded.append(data)
         return real_decode(data, max_pixels=max_pixels, long_side=long_side)
 
-    monkeypatch.setattr(pose_api, "decode_image_reduced", counting_decode)
+    monkeypatch.setattr(transport, "decode_image_reduced", counting_decode)  # where POST /v1/pose decodes
     bodies = distinct_jpegs(40)
 
     async def scenario(client: httpx.AsyncClient) -> tuple[list[httpx.Response], str]:

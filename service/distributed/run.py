@@ -1,0 +1,86 @@
+"""`poseserve worker`: load the named backends, then take their image jobs and cameras from Redis until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client import start_http_server
+
+from models.weights import WeightsStore
+from service.backends import BackendManager
+from service.config import Settings
+from service.distributed.camera_worker import CameraWorker
+from service.distributed.transport import InProcessJobs
+from service.distributed.worker import JobWorker
+from service.metrics import Metrics
+from service.streams.manager import StreamManager
+
+__all__ = ["run_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, names: Sequence[str], *, metrics_port: int | None = None) -> None:
+    """Blocks until SIGTERM/SIGINT. A backend that cannot load (no weights) fails the start.
+
+    A gateway admitted every job already, and the job may have waited in Redis: here, only its
+    deadline bounds its wait, not `max_queue_delay_ms` (which would drop the second batch a
+    worker holds whenever one batch takes longer than that).
+    """
+    unbounded = {n: settings.backend(n).model_copy(update={"max_queue_delay_ms": None}) for n in names}
+    settings = settings.model_copy(update={"backends": {**settings.backends, **unbounded}})
+    metrics = Metrics()
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=settings.host, registry=metrics.registry)
+    backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
+    pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    try:
+        for name in names:
+            backends.get(name)
+        asyncio.run(_serve(settings, metrics, backends, pool, names))
+    finally:
+        backends.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _serve(
+    settings: Settings, metrics: Metrics, backends: BackendManager, pool: ThreadPoolExecutor, names: Sequence[str]
+) -> None:
+    local = InProcessJobs(
+        backends,
+        pool,
+        max_image_pixels=settings.max_image_pixels,
+        jpeg_decode_scale=settings.jpeg_decode_scale,
+    )
+    worker = JobWorker(settings, metrics, backends, local, names)
+    manager = StreamManager(
+        settings.streams,
+        backends,
+        metrics,
+        pool,
+        default_backend=settings.default_backend,
+        inference_timeout_s=settings.request_timeout_s,
+        min_person_score=settings.min_person_score,
+    )
+    manager.start()
+    cameras = CameraWorker(settings, metrics, manager, worker.link, names, worker_id=worker.worker_id)
+    tasks = [asyncio.create_task(cameras.run()), asyncio.create_task(worker.run())]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("worker %s serving %s from %s", worker.worker_id, ", ".join(names), settings.redis_url)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:  # cameras first: they release their leases over the worker's link
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    stopped.cancel()
+    await manager.close()
+    logger.info("worker %s stopped", worker.worker_id)

@@ -9,12 +9,12 @@ import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from prometheus_client import start_http_server
-
 from models.weights import WeightsStore
 from service.backends import BackendManager
 from service.config import Settings
 from service.distributed.camera_worker import CameraWorker
+from service.distributed.health import HealthServer
+from service.distributed.link import RedisLink
 from service.distributed.transport import InProcessJobs
 from service.distributed.worker import JobWorker
 from service.metrics import Metrics
@@ -35,21 +35,38 @@ def run_worker(settings: Settings, names: Sequence[str], *, metrics_port: int | 
     unbounded = {n: settings.backend(n).model_copy(update={"max_queue_delay_ms": None}) for n in names}
     settings = settings.model_copy(update={"backends": {**settings.backends, **unbounded}})
     metrics = Metrics()
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=settings.host, registry=metrics.registry)
     backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
+    link: list[RedisLink] = []  # the worker's connection, once serving
+
+    def problems() -> list[str]:
+        found = [f"backend {name} is not loaded" for name in names if not backends.loaded(name)]
+        found += backends.problems()
+        if not link or not link[0].connected:
+            found.append("redis is unreachable")
+        return found
+
+    health = HealthServer(settings.host, metrics_port, metrics, problems) if metrics_port is not None else None
     pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
     try:
+        if health is not None:
+            health.start()  # live (/healthz) while the models load; ready once they have and Redis answers
         for name in names:
             backends.get(name)
-        asyncio.run(_serve(settings, metrics, backends, pool, names))
+        asyncio.run(_serve(settings, metrics, backends, pool, names, link))
     finally:
+        if health is not None:
+            health.stop()
         backends.close()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def _serve(
-    settings: Settings, metrics: Metrics, backends: BackendManager, pool: ThreadPoolExecutor, names: Sequence[str]
+    settings: Settings,
+    metrics: Metrics,
+    backends: BackendManager,
+    pool: ThreadPoolExecutor,
+    names: Sequence[str],
+    link: list[RedisLink],
 ) -> None:
     local = InProcessJobs(
         backends,
@@ -58,6 +75,7 @@ async def _serve(
         jpeg_decode_scale=settings.jpeg_decode_scale,
     )
     worker = JobWorker(settings, metrics, backends, local, names)
+    link.append(worker.link)
     manager = StreamManager(
         settings.streams,
         backends,

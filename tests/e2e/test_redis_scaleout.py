@@ -86,7 +86,15 @@ def load(
         return list(pool.map(one, range(count)))
 
 
+def worker_probe(worker: Worker, path: str) -> httpx.Response:
+    return httpx.get(worker.metrics_url.removesuffix("/metrics") + path, timeout=10)
+
+
 def test_two_workers_serve_every_request(cluster: Cluster) -> None:
+    for worker in cluster.workers:  # probes on the worker's port (Kubernetes, compose)
+        assert worker_probe(worker, "/healthz").status_code == 200
+        ready = worker_probe(worker, "/readyz")
+        assert ready.status_code == 200, ready.text
     responses = load(cluster.gateway, 200, 8)
     assert [r.status_code for r in responses] == [200] * 200, {r.status_code: r.text for r in responses}
     assert all(r.json()["persons"] for r in responses)
@@ -149,6 +157,16 @@ def test_redis_restart_recovers_without_restarting_anything(cluster: Cluster) ->
     assert refused.json()["error"]["code"] == "backend_unavailable" and refused.headers["retry-after"] == "1"
     ready = httpx.get(f"{cluster.gateway}/readyz", timeout=10)
     assert ready.status_code == 503 and "redis is unreachable" in ready.json()["problems"]
+    live = [w for w in cluster.workers if w.proc.poll() is None]
+
+    def workers_not_ready() -> bool:
+        return all(
+            (r := worker_probe(w, "/readyz")).status_code == 503 and "redis is unreachable" in r.json()["problems"]
+            for w in live
+        )
+
+    wait_for(workers_not_ready, 10, "workers' /readyz to report Redis unreachable")
+    assert all(worker_probe(w, "/healthz").status_code == 200 for w in live)  # alive: not restarted
 
     cluster.redis.start()  # the same port, a new (empty) server
     restarted = time.monotonic()
@@ -162,7 +180,8 @@ def test_redis_restart_recovers_without_restarting_anything(cluster: Cluster) ->
     assert time.monotonic() - restarted < 10
     assert set(codes) <= {200, 503}, codes
     assert httpx.get(f"{cluster.gateway}/readyz", timeout=10).status_code == 200
-    assert all(w.proc.poll() is None for w in cluster.workers)
+    assert all(w.proc.poll() is None for w in live)
+    wait_for(lambda: all(worker_probe(w, "/readyz").status_code == 200 for w in live), 10, "workers ready again")
     responses = load(cluster.gateway, 16, 4)
     assert [r.status_code for r in responses] == [200] * 16, [r.text for r in responses if r.status_code != 200]
     assert gateway_metric(cluster.gateway, "poseserve_redis_reconnects_total") >= 1

@@ -32,7 +32,7 @@ from models.runtime import Session
 from models.weights import WeightsStore
 from service.backends.base import Prepared, await_result
 from service.backends.sessions import load_sessions, run_rows
-from service.backends.topdown import TopDownBackend
+from service.backends.topdown import TopDownBackend, crop_stage_settings
 from service.config import BackendSettings, Settings, TopDownSettings
 from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
@@ -86,9 +86,7 @@ class GatedTopDownBackend(TopDownBackend):
         self._decisions = {
             d: metrics.quality_gate_total.labels(backend=self.name, decision=d) for d in ("refined", "coarse")
         }
-        fine_settings = settings.model_copy(
-            update={"max_queue": max(settings.max_queue, topdown.pose_max_queue), "max_queue_delay_ms": None}
-        )
+        fine_settings = crop_stage_settings(settings, topdown)
         self.fine_runner: StageRunner[FineRow, np.ndarray, FineSession] = StageRunner(
             backend=self.name,
             stage="fine",

@@ -33,7 +33,7 @@ from service.config import BackendSettings, Settings, TopDownSettings
 from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
-__all__ = ["DetectionCadence", "Detections", "TopDownBackend"]
+__all__ = ["DetectionCadence", "Detections", "TopDownBackend", "crop_stage_settings"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,7 @@ class TopDownBackend(LoadedBackend):
         self.entry = entry
         self.flip_test, self.padding = topdown.flip_test, topdown.padding
         self.detector, self.pose = detector, pose
-        # crops of admitted frames keep their item bound; their time bound is the request deadline
-        pose_settings = settings.model_copy(
-            update={"max_queue": max(settings.max_queue, topdown.pose_max_queue), "max_queue_delay_ms": None}
-        )
+        pose_settings = crop_stage_settings(settings, topdown)
         self.providers = list(pose_sessions[0].providers)
         self.runtime = settings.runtime or "onnxruntime"
         self.card = card
@@ -236,3 +233,11 @@ class TopDownBackend(LoadedBackend):
             inference_s=det_inference_s + max(r.inference_s for r in results),
             batch_size=max(r.batch_size for r in results),
         )
+
+
+def crop_stage_settings(settings: BackendSettings, topdown: TopDownSettings) -> BackendSettings:
+    """A crop stage's batching: crops of admitted frames keep an item bound (at least
+    `topdown.pose_max_queue`); their time bound is the request's deadline, not `max_queue_delay_ms`."""
+    return settings.model_copy(
+        update={"max_queue": max(settings.max_queue, topdown.pose_max_queue), "max_queue_delay_ms": None}
+    )

@@ -86,6 +86,9 @@ def test_detector_runs_on_every_third_frame_and_persons_are_still_found(
     counts = [len(m["persons"]) for m in frames]
     assert sum(c >= 1 for c in counts) >= 0.9 * len(counts), counts
     assert sum(c >= 2 for c in counts) >= 0.5 * len(counts), counts
+    # tracking (on by default) works across carried and detected frames alike: ids once confirmed
+    later = frames[5:]
+    assert sum(any(p["track_id"] is not None for p in m["persons"]) for m in later) >= 0.8 * len(later)
 
 
 def test_carried_crops_find_the_keypoints_the_detector_crops_find(shared_root: Path, topdown_models: Path) -> None:

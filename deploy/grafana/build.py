@@ -30,7 +30,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from service.streams.states import FrameOutcome, StreamState
 
-__all__ = ["DASHBOARDS", "DATASOURCE_UID", "GPU_PANELS", "build_all", "main", "render"]
+__all__ = ["DASHBOARDS", "DATASOURCE_UID", "GPU_PANELS", "REDIS_PANELS", "build_all", "main", "render"]
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "dashboards"
@@ -44,6 +44,10 @@ RATE = "$__rate_interval"
 QUANTILES = (0.5, 0.95, 0.99)
 
 GPU_PANELS = frozenset({"GPU utilisation", "GPU memory used"})
+REDIS_PANELS = frozenset(
+    {"Redis stream lag and pending", "Live workers", "Image jobs by outcome", "Redis connection and lease moves"}
+)
+"""series only gateways and workers running with `--redis-url` export"""
 """Panels whose metrics exist only where NVML finds an NVIDIA GPU."""
 
 WIDTH = 24  # Grafana's grid is 24 columns wide
@@ -605,6 +609,65 @@ def engine() -> dash.Dashboard:
                 [query("poseserve_gpu_memory_used_bytes", "GPU {{gpu}}")],
                 unit="bytes",
                 description="from NVML; absent without an NVIDIA GPU",
+            )
+        )
+        .with_row(dash.Row("Scale-out over Redis"))
+        .with_panel(
+            series(
+                "Redis stream lag and pending",
+                [
+                    query(f"max by (backend) (poseserve_redis_stream_lag{{{BACKEND}}})", "{{backend}} lag", ref="A"),
+                    query(
+                        f"max by (backend) (poseserve_redis_stream_pending{{{BACKEND}}})",
+                        "{{backend}} pending",
+                        ref="B",
+                    ),
+                ],
+                description="jobs not yet delivered to a worker (lag: what KEDA scales on) and delivered but "
+                "not acknowledged (pending), per backend; only with --redis-url",
+                span=8,
+            )
+        )
+        .with_panel(
+            series(
+                "Live workers",
+                [query(f"max by (backend) (poseserve_redis_workers{{{BACKEND}}})", "{{backend}}")],
+                description="workers with a fresh heartbeat, as gateways see them",
+                span=4,
+            )
+        )
+        .with_panel(
+            series(
+                "Image jobs by outcome",
+                [
+                    query(
+                        f"sum by (backend, outcome) (rate(poseserve_redis_jobs_total{{{BACKEND}}}[{RATE}]))",
+                        "{{backend}} {{outcome}}",
+                        ref="A",
+                    ),
+                    query(
+                        f"sum by (backend) (rate(poseserve_redis_jobs_redelivered_total{{{BACKEND}}}[{RATE}]))",
+                        "{{backend}} re-delivered",
+                        ref="B",
+                    ),
+                ],
+                unit="ops",
+                description="gateways: sent, answered, duplicate, late, lost; workers: done, failed, expired; "
+                "re-delivered: jobs claimed from a dead worker",
+                span=8,
+            )
+        )
+        .with_panel(
+            series(
+                "Redis connection and lease moves",
+                [
+                    query("min(poseserve_redis_connected)", "connected (all processes)", ref="A"),
+                    query(f"sum(increase(poseserve_redis_reconnects_total[{RATE}]))", "reconnects", ref="B"),
+                    query(f"sum(increase(poseserve_redis_lease_moves_total[{RATE}]))", "camera lease moves", ref="C"),
+                ],
+                description="1 while every process reaches Redis; reconnections; cameras moved to another "
+                "worker after their worker's lease expired",
+                span=4,
             )
         )
     )

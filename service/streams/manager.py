@@ -335,7 +335,10 @@ class StreamManager:
                 if time.monotonic() - frame.captured_mono > max_age_s:
                     self._count(stream, FrameOutcome.DROPPED_STALE)
                     continue
-                next_allowed = loop.time() + period_s
+                # the next slot stays on the max_fps grid, so late wake-ups do not add up to a lower
+                # rate; a stream more than a period late (no frame, a busy slot) starts a new grid
+                now = loop.time()
+                next_allowed = next_allowed + period_s if now - next_allowed < period_s else now + period_s
                 in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
         finally:
             if in_flight is not None:

@@ -44,10 +44,8 @@ RATE = "$__rate_interval"
 QUANTILES = (0.5, 0.95, 0.99)
 
 GPU_PANELS = frozenset({"GPU utilisation", "GPU memory used"})
-REDIS_PANELS = frozenset(
-    {"Redis stream lag and pending", "Live workers", "Image jobs by outcome", "Redis connection and lease moves"}
-)
-"""series only gateways and workers running with `--redis-url` export"""
+REDIS_PANELS = frozenset({"Redis stream lag and pending", "Live workers", "Image jobs by outcome"})
+"""per-backend series only gateways and workers running with `--redis-url` export"""
 """Panels whose metrics exist only where NVML finds an NVIDIA GPU."""
 
 WIDTH = 24  # Grafana's grid is 24 columns wide

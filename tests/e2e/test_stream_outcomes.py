@@ -65,8 +65,9 @@ def test_max_fps_on_an_idle_server_is_skipped_not_overload(server: tuple[str, st
     outcomes = ("processed", "skipped", "dropped_overload")
     delta = {o: after.get(("limited", o), 0) - before.get(("limited", o), 0) for o in outcomes}
     assert delta["dropped_overload"] == 0, f"rate-limited frames counted as overload: {delta}"
-    assert 60 <= delta["processed"] <= 90, delta  # ~10/s
-    assert delta["skipped"] >= 3 * delta["processed"], delta  # the other ~40/s
+    # at most ~10/s (fewer when the camera stalls: a slot with no new frame is nobody's overload)
+    assert 30 <= delta["processed"] <= 90, delta
+    assert delta["skipped"] >= 2 * delta["processed"], delta  # the camera's other frames
 
 
 def test_a_saturated_server_counts_overload(server: tuple[str, str]) -> None:

@@ -19,7 +19,7 @@ SYSTEM_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstre
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gstreamer1.0-tools ffmpeg prometheus chromium redis-server
 
-.PHONY: setup system-deps models test-models run test lint pytest bench bench-report soak clean prom-check
+.PHONY: setup system-deps models test-models run test lint pytest bench bench-report optimize soak clean prom-check
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -86,6 +86,12 @@ $(BENCH_OUT)/bench-640x480.jpg: | setup
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python -c "import cv2,sys; im=cv2.imread(sys.argv[1]); cv2.imwrite(sys.argv[2], cv2.resize(im,(640,480)), [cv2.IMWRITE_JPEG_QUALITY, 90])" \
 		$(SHARED)/data/pose_samples/images/crowdpose/$$(ls $(SHARED)/data/pose_samples/images/crowdpose | head -1) $@
+
+# The default model's fastest variant within the AP budget on this machine (OpenVINO bf16 on CPUs that
+# have it), then the batch shape measured here; served by default from then on.
+optimize: models $(BENCH_OUT)/bench-640x480.jpg
+	$(BIN)/poseserve models optimize $(DEFAULT_MODEL) --runtime openvino --precision bf16 --samples $(SHARED)/data/pose_samples
+	$(BIN)/poseserve tune $(DEFAULT_MODEL) --image $(BENCH_OUT)/bench-640x480.jpg
 
 bench: models $(BENCH_OUT)/bench-640x480.jpg
 	$(BIN)/poseserve bench model $(DEFAULT_MODEL) --image $(BENCH_OUT)/bench-640x480.jpg --batch 1,8 --out $(BENCH_OUT)/model.json

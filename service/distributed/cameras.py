@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from service.config import Settings
 from service.distributed.link import REDIS_ERRORS, RedisLink
+from service.distributed.redis_jobs import KEY_PREFIX
 from service.errors import BackendUnavailableError, DuplicateStreamError, StreamLimitError, UnknownStreamError
 from service.metrics import Metrics
 from service.schemas import StreamCreate, StreamInfo, StreamStateEvent
@@ -53,18 +54,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STREAMS_KEY = "poseserve:streams"
-NAMES_KEY = "poseserve:stream_names"
-INFO_KEY = "poseserve:stream_info"
-OWNER_KEY = "poseserve:stream_owner"
+STREAMS_KEY = f"{KEY_PREFIX}:streams"
+NAMES_KEY = f"{KEY_PREFIX}:stream_names"
+INFO_KEY = f"{KEY_PREFIX}:stream_info"
+OWNER_KEY = f"{KEY_PREFIX}:stream_owner"
 
 
 def lease_key(stream_id: str) -> str:
-    return f"poseserve:lease:{stream_id}"
+    return f"{KEY_PREFIX}:lease:{stream_id}"
 
 
 def results_channel(stream_id: str) -> str:
-    return f"poseserve:results:{stream_id}"
+    return f"{KEY_PREFIX}:results:{stream_id}"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from service.errors import ServeError
 
 __all__ = [
     "GROUP",
+    "KEY_PREFIX",
     "Deduper",
     "Job",
     "Reply",
@@ -44,21 +45,22 @@ __all__ = [
 ]
 
 GROUP = "workers"
-_PREFIX = "poseserve"
+KEY_PREFIX = "poseserve"
+"""every Redis key and channel of the service starts with this"""
 
 Fields = dict[bytes, bytes]
 
 
 def jobs_key(backend: str) -> str:
-    return f"{_PREFIX}:jobs:{backend}"
+    return f"{KEY_PREFIX}:jobs:{backend}"
 
 
 def replies_key(gateway: str) -> str:
-    return f"{_PREFIX}:replies:{gateway}"
+    return f"{KEY_PREFIX}:replies:{gateway}"
 
 
 def workers_key(backend: str) -> str:
-    return f"{_PREFIX}:workers:{backend}"
+    return f"{KEY_PREFIX}:workers:{backend}"
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,8 @@ async def _served(settings: Settings, backend: str, images: Sequence[ServedImage
 async def _with_boxes(
     services: Any, backend: str, images: Sequence[ServedImage], settings: Settings
 ) -> dict[int, list[dict[str, Any]]]:
-    from models.pipelines.topdown import assemble, make_crops
-    from service.backends.topdown import TopDownBackend
+    from models.pipelines.topdown import make_crops
+    from service.backends.topdown import Detections, TopDownBackend
     from service.imaging import decode_image
 
     loaded = await services.backends.acquire(backend)
@@ -120,16 +120,17 @@ async def _with_boxes(
             continue
         rgb = decode_image(item.path.read_bytes(), max_pixels=settings.max_image_pixels)
         rows, crops = make_crops(rgb, boxes, loaded.pose, padding=loaded.padding, flip_test=loaded.flip_test)
-        deadline = time.monotonic() + _WAIT_S
-        futures = [loaded.pose_runner.submit(row, deadline=deadline, key=item.image_id) for row in rows]
-        results = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), _WAIT_S)
-        persons = assemble(
-            [r.value for r in results],
-            crops,
-            np.ones(len(boxes), np.float32),
-            flip_test=loaded.flip_test,
-            crop_w=loaded.pose.crop_wh[0],
+        started = time.monotonic()
+        # the served pose stage (a gated backend's fine stage included), fed the given boxes
+        result = await loaded.pose_stage(
+            Detections(rows, crops, np.ones(len(boxes), np.float32)),
+            None,
+            started=started,
+            deadline=started + _WAIT_S,
+            wait_s=_WAIT_S,
+            key=item.image_id,
         )
+        persons = result.value
         out[item.image_id] = [
             {"score": float(s), "bbox": [float(v) for v in b], "keypoints": k.tolist()}
             for k, b, s in zip(persons.keypoints, persons.boxes_xyxy, persons.scores, strict=True)

@@ -12,11 +12,9 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -35,17 +33,13 @@ from service.api.shed import ShedOverload
 from service.auth import Keyring
 from service.backends import BackendManager
 from service.config import Settings
-from service.distributed.camera_worker import CameraWorker
+from service.distributed import local as local_parts
 from service.distributed.cameras import Cameras, LocalCameras, RemoteCameras
 from service.distributed.gateway import RedisJobs
-from service.distributed.transport import InProcessJobs
-from service.distributed.worker import JobWorker
 from service.errors import ServeError
 from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
-from service.priority import lower_this_thread
 from service.schemas import Readiness
-from service.streams.manager import StreamManager
 
 __all__ = ["create_app"]
 
@@ -61,30 +55,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     register_gpu_metrics(metrics.registry)  # only where NVML finds a GPU
     keyring = Keyring.from_settings(settings)  # a malformed key entry or key file fails here
     backends = BackendManager(settings, WeightsStore(settings.model_dir), metrics)
-    # Decoding is CPU work like inference: below the event loop too, so refusals stay prompt under a burst.
-    decode_pool = ThreadPoolExecutor(
-        max_workers=settings.decode_threads,
-        thread_name_prefix="decode",
-        initializer=lower_this_thread,
-        initargs=(settings.batching.worker_nice,),
-    )
-    stream_manager = StreamManager(
-        settings.streams,
-        backends,
-        metrics,
-        decode_pool,
-        default_backend=settings.default_backend,
-        inference_timeout_s=settings.request_timeout_s,
-        min_person_score=settings.min_person_score,
-        det_every_n=settings.topdown.det_every_n,
-    )
+    decode_pool = local_parts.decode_pool(settings)
+    stream_manager = local_parts.stream_manager(settings, backends, metrics, decode_pool)
     remote = RedisJobs(settings, metrics) if settings.redis_url else None
-    local = InProcessJobs(
-        backends,
-        decode_pool,
-        max_image_pixels=settings.max_image_pixels,
-        jpeg_decode_scale=settings.jpeg_decode_scale,
-    )
+    local = local_parts.in_process_jobs(settings, backends, decode_pool)
     cameras: Cameras = LocalCameras(stream_manager)
     if remote is not None:
         cameras = RemoteCameras(settings, metrics, decode_pool, remote.link, check_backend=backends.spec)
@@ -111,18 +85,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
                     await cameras.start()
                 if settings.distributed.local_workers:
                     served = [n for n in settings.preload if backends.loaded(n)]
-                    worker = JobWorker(settings, metrics, backends, local, served)
-                    leases = CameraWorker(
-                        settings, metrics, stream_manager, worker.link, served, worker_id=worker.worker_id
+                    _worker, local_tasks = local_parts.start_worker(
+                        settings, metrics, backends, local, stream_manager, served
                     )
-                    local_tasks = [asyncio.create_task(leases.run()), asyncio.create_task(worker.run())]
             with reload_on_sighup(keyring) if reload_keys_on_sighup else contextlib.nullcontext():
                 yield
         finally:
-            for task in local_tasks:  # cameras first: they release their leases over the worker's link
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await local_parts.stop_tasks(local_tasks)
             if isinstance(cameras, RemoteCameras):
                 await cameras.close()
             if remote is not None:
@@ -180,7 +149,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         preload = settings.preload if models_here else ()
         problems = [f"backend {name} (preload) is not loaded" for name in preload if not backends.loaded(name)]
         problems += backends.problems()  # stages with dead workers, named
-        if settings.redis_url and not await _redis_reachable(settings.redis_url):
+        if remote is not None and not remote.link.connected:  # the gateway's own link, kept current by its loops
             problems.append("redis is unreachable")
         metrics.ready.set(0.0 if problems else 1.0)
         return problems
@@ -245,13 +214,3 @@ class _Observe:
             path = getattr(scope.get("route"), "path", None) or scope.get(REFUSED_ROUTE, "unmatched")
             self.metrics.requests_total.labels(route=path, code=str(status)).inc()
             self.metrics.request_seconds.labels(route=path).observe(time.perf_counter() - started)
-
-
-async def _redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-    try:
-        return bool(await asyncio.wait_for(client.ping(), timeout=timeout_s * 2))
-    except (OSError, TimeoutError, aioredis.RedisError):
-        return False
-    finally:
-        await client.aclose()

@@ -30,11 +30,10 @@ from models.pipelines.topdown import assemble
 from models.registry import ModelEntry
 from models.runtime import Session
 from models.weights import WeightsStore
-from service.backends.base import Prepared, await_result
 from service.backends.sessions import load_sessions, run_rows
-from service.backends.topdown import TopDownBackend, crop_stage_settings
+from service.backends.topdown import Detections, TopDownBackend, crop_stage_settings
 from service.config import BackendSettings, Settings, TopDownSettings
-from service.engine import ItemResult, StageRunner, Ticket
+from service.engine import ItemResult, StageRunner
 from service.metrics import Metrics
 
 __all__ = ["CoarseResult", "FineSession", "GatedTopDownBackend"]
@@ -159,14 +158,21 @@ class GatedTopDownBackend(TopDownBackend):
         inference_s = time.perf_counter() - started
         return [self.pose.decode_fine(heatmaps[i]) for i in range(len(rows))], inference_s
 
-    async def infer(
-        self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
+    async def pose_stage(
+        self,
+        found: Detections,
+        det: ItemResult[Detections] | None,
+        *,
+        started: float,
+        deadline: float,
+        wait_s: float,
+        key: Hashable,
     ) -> ItemResult[Persons]:
-        started = time.monotonic()
-        det = await await_result(self.detect.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
-        found = det.value
+        """The top-down pose stage with the gate: each crop's coarse result, then the fine stage for the
+        crops it refines (whatever ran the detector: a request, a camera frame, carried boxes)."""
+        det_queue_s, det_inference_s = (det.queue_s, det.inference_s) if det is not None else (0.0, 0.0)
         if not found.rows:
-            return ItemResult(Persons.empty(), det.queue_s, det.inference_s, det.batch_size)
+            return ItemResult(Persons.empty(), det_queue_s, det_inference_s, det.batch_size if det is not None else 0)
         frame_key = (key, next(self._frames))
         futures: list[Future[Any]] = []
 
@@ -196,8 +202,8 @@ class GatedTopDownBackend(TopDownBackend):
         )
         return ItemResult(
             persons,
-            queue_s=det.queue_s + max(sum(r.queue_s for r in rs) for _, rs in done),
-            inference_s=det.inference_s + max(sum(r.inference_s for r in rs) for _, rs in done),
+            queue_s=det_queue_s + max(sum(r.queue_s for r in rs) for _, rs in done),
+            inference_s=det_inference_s + max(sum(r.inference_s for r in rs) for _, rs in done),
             batch_size=max(r.batch_size for _, rs in done for r in rs),
         )
 

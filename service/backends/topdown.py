@@ -187,7 +187,7 @@ class TopDownBackend(LoadedBackend):
             result = await self.infer(item, deadline=deadline, wait_s=wait_s, key=key, ticket=ticket)
         else:
             started = time.monotonic()
-            result = await self._pose_stage(item, None, started=started, deadline=deadline, wait_s=wait_s, key=key)
+            result = await self.pose_stage(item, None, started=started, deadline=deadline, wait_s=wait_s, key=key)
         cadence.record(result.value, detected=isinstance(item, Prepared))
         return result
 
@@ -196,9 +196,9 @@ class TopDownBackend(LoadedBackend):
     ) -> ItemResult[Persons]:
         started = time.monotonic()
         det = await await_result(self.detect.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
-        return await self._pose_stage(det.value, det, started=started, deadline=deadline, wait_s=wait_s, key=key)
+        return await self.pose_stage(det.value, det, started=started, deadline=deadline, wait_s=wait_s, key=key)
 
-    async def _pose_stage(
+    async def pose_stage(
         self,
         found: Detections,
         det: ItemResult[Detections] | None,

@@ -77,6 +77,8 @@ def _shape(settings: BackendSettings, figures: dict[str, Any]) -> tuple[BackendS
 def choose_variant(store: WeightsStore, model: str, settings: BackendSettings) -> Choice:
     """The variant of `model` to serve with `settings` (see the module doc); `WeightsMissingError`
     says how to make an explicitly asked-for variant that is not in the store."""
+    if settings.fp16 and settings.precision is None:  # the older switch means precision fp16, measured or not
+        settings = settings.model_copy(update={"precision": "fp16"})
     base = store.require(model)
     measured = MeasuredStore(store.model_dir).variants(model, base.card.sha256)
     usable = usable_variants(store, model, settings)
@@ -86,7 +88,7 @@ def choose_variant(store: WeightsStore, model: str, settings: BackendSettings) -
         reason = f"fastest measured here ({ips:.1f} img/s of {len(timed)} measured variants)"
     else:
         runtime = settings.runtime or "onnxruntime"
-        precision = "fp16" if settings.fp16 else settings.precision or "fp32"
+        precision = settings.precision or "fp32"
         reason = "as configured" if settings.runtime or settings.precision else "default (nothing measured here)"
     ort_fp16 = runtime == "onnxruntime" and precision == "fp16"  # the fp32 file, built as fp16 by TensorRT
     if (runtime, precision) not in usable and not ort_fp16:

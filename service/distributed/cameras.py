@@ -79,7 +79,7 @@ class StreamSpec:
     max_fps: float
     created_at: float
     options: dict[str, Any] = field(default_factory=dict)
-    """`StreamCreate`'s tracking, smoothing and skeleton_only, as JSON"""
+    """the rest of `StreamCreate` (tracking, smoothing, skeleton_only, det_every_n, ...), as JSON"""
 
     def create_body(self) -> StreamCreate:
         """The subscription as the worker running it creates it."""
@@ -230,7 +230,7 @@ class RemoteCameras:
             backend=backend_name,
             max_fps=body.max_fps or self._settings.streams.default_max_fps,
             created_at=time.time(),
-            options=body.model_dump(include={"tracking", "smoothing", "skeleton_only"}, mode="json"),
+            options=body.model_dump(exclude={"url", "name", "backend", "max_fps"}, mode="json"),
         )
         if not await self._call(lambda: self.link.client.hsetnx(NAMES_KEY, spec.name, stream_id)):
             raise DuplicateStreamError(f"a stream named {spec.name!r} exists already")

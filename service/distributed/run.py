@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -12,13 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from models.weights import WeightsStore
 from service.backends import BackendManager
 from service.config import Settings
-from service.distributed.camera_worker import CameraWorker
 from service.distributed.health import HealthServer
 from service.distributed.link import RedisLink
-from service.distributed.transport import InProcessJobs
-from service.distributed.worker import JobWorker
+from service.distributed.local import decode_pool, in_process_jobs, start_worker, stop_tasks, stream_manager
 from service.metrics import Metrics
-from service.streams.manager import StreamManager
 
 __all__ = ["run_worker"]
 
@@ -46,7 +42,7 @@ def run_worker(settings: Settings, names: Sequence[str], *, metrics_port: int | 
         return found
 
     health = HealthServer(settings.host, metrics_port, metrics, problems) if metrics_port is not None else None
-    pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    pool = decode_pool(settings)
     try:
         if health is not None:
             health.start()  # live (/healthz) while the models load; ready once they have and Redis answers
@@ -68,26 +64,10 @@ async def _serve(
     names: Sequence[str],
     link: list[RedisLink],
 ) -> None:
-    local = InProcessJobs(
-        backends,
-        pool,
-        max_image_pixels=settings.max_image_pixels,
-        jpeg_decode_scale=settings.jpeg_decode_scale,
-    )
-    worker = JobWorker(settings, metrics, backends, local, names)
-    link.append(worker.link)
-    manager = StreamManager(
-        settings.streams,
-        backends,
-        metrics,
-        pool,
-        default_backend=settings.default_backend,
-        inference_timeout_s=settings.request_timeout_s,
-        min_person_score=settings.min_person_score,
-    )
+    manager = stream_manager(settings, backends, metrics, pool)
     manager.start()
-    cameras = CameraWorker(settings, metrics, manager, worker.link, names, worker_id=worker.worker_id)
-    tasks = [asyncio.create_task(cameras.run()), asyncio.create_task(worker.run())]
+    worker, tasks = start_worker(settings, metrics, backends, in_process_jobs(settings, backends, pool), manager, names)
+    link.append(worker.link)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,10 +75,7 @@ async def _serve(
     logger.info("worker %s serving %s from %s", worker.worker_id, ", ".join(names), settings.redis_url)
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:  # cameras first: they release their leases over the worker's link
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_tasks(tasks)
     stopped.cancel()
     await manager.close()
     logger.info("worker %s stopped", worker.worker_id)

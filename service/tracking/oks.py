@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COCO_SIGMAS", "iou_matrix", "oks_matrix"]
+from models.evaluation import COCO_SIGMAS  # the COCO-17 per-joint sigmas (pycocotools')
 
-COCO_SIGMAS = (
-    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
-    / 10.0
-)
-"""(17,) per-joint OKS sigmas of COCO-17, in COCO order (as in pycocotools)."""
+__all__ = ["COCO_SIGMAS", "iou_matrix", "oks_matrix"]
 
 
 def oks_matrix(

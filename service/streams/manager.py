@@ -173,7 +173,7 @@ class StreamManager:
         )
         self._streams[stream_id] = stream
         self._publish_state_metric(stream)
-        self._zero_counters(name)
+        self._zero_counters(stream)
         reader.start()
         stream.task = asyncio.create_task(self._schedule(stream), name=f"stream-{name}")
         logger.info("stream %s (%s) subscribed: %s", name, stream_id, redact(url))
@@ -218,7 +218,7 @@ class StreamManager:
         if n <= 0:
             return
         stream.outcomes[outcome] = stream.outcomes.get(outcome, 0) + n
-        self._metrics.stream_frames_total.labels(stream=stream.name, outcome=outcome).inc(n)
+        stream.frame_counters[outcome].inc(n)
 
     def _broadcast(self, stream: Stream, message: BaseModel) -> None:
         if not stream.clients:
@@ -254,11 +254,13 @@ class StreamManager:
             stream.reconnects_counted += new
             self._metrics.stream_reconnects_total.labels(stream=stream.name).inc(new)
 
-    def _zero_counters(self, name: str) -> None:
+    def _zero_counters(self, stream: Stream) -> None:
         """Every counter series of a new stream exists from 0, so `rate()`/`increase()` (and the
         alerts built on them) see its first event instead of a series born at 1."""
-        for outcome in FrameOutcome:
-            self._metrics.stream_frames_total.labels(stream=name, outcome=outcome)
+        name = stream.name
+        stream.frame_counters = {
+            o: self._metrics.stream_frames_total.labels(stream=name, outcome=o) for o in FrameOutcome
+        }
         for counter in (
             self._metrics.stream_reconnects_total,
             self._metrics.stream_reader_restarts_total,

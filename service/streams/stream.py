@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from service.backends.topdown import DetectionCadence
 from service.schemas import SmoothingOptions, TrackingOptions
 from service.streams.errorlog import ThrottledLog
@@ -101,6 +103,8 @@ class Stream:
     """top-down backends: the person detector runs on every n-th frame (1 = every frame)"""
     cadence: DetectionCadence | None = None
     """the detector schedule and carried persons (top-down backends with `det_every_n` > 1)"""
+    frame_counters: dict[FrameOutcome, Counter] = field(default_factory=dict)
+    """this stream's `stream_frames_total` children by outcome (no label lookup per frame)"""
 
     def __post_init__(self) -> None:
         if self.tracks is None and (self.tracking.enabled or self.smoothing.enabled):

@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtest.burst import DEFAULT_PHOTO, jpeg_640x480
 from loadtest.fleet import CameraFleet, fleet_available
 from loadtest.streams import collect_messages
-from service.bench import bench_http
+from service.bench import bench_http, percentile
 from service.spawn import spawned_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,15 +73,10 @@ def batch_distribution(before: dict[str, float], after: dict[str, float]) -> dic
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
-    a = np.asarray(values, dtype=float)
-    return {
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p95": round(float(np.percentile(a, 95)), 1),
-        "p99": round(float(np.percentile(a, 99)), 1),
-        "max": round(float(a.max()), 1),
-    }
+    """p50/p95/p99/max (ms, 0.1 precision; nan without values)."""
+    out = {f"p{q}": round(percentile(values, q), 1) for q in (50, 95, 99)}
+    out["max"] = round(max(values), 1) if values else float("nan")
+    return out
 
 
 def max_cameras_within_budget(camera_cells: Sequence[dict[str, Any]], budget_ms: float = AGE_BUDGET_MS) -> int:

@@ -215,6 +215,9 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_json_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="every request body but the image of POST /v1/pose (413 above)"
+    )
     max_image_pixels: int = Field(40_000_000, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     max_inflight_requests: int = Field(256, ge=1, description="requests decoding or queued at once")

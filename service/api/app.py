@@ -27,6 +27,7 @@ from models.weights import WeightsStore
 from service.api import pose, streams, viewer
 from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
 from service.api.deps import Services, error_response, serve_error_response
+from service.api.limits import CapBody
 from service.api.openapi import without_default_validation_answers
 from service.api.preview import FramePreviews
 from service.api.shed import ShedOverload
@@ -112,6 +113,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
     app.include_router(viewer.router)
+    app.add_middleware(CapBody, max_bytes=settings.max_json_body_bytes)
     if remote is None:  # a gateway admits in `RedisJobs.admit`: its slots are not local tickets
         app.add_middleware(ShedOverload, services=svc)  # inside auth: a key is checked before a slot is asked
     app.add_middleware(AuthMiddleware, keyring=keyring, settings=settings.auth)  # inside `observe`
@@ -129,7 +131,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(request)

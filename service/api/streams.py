@@ -39,6 +39,7 @@ _CLOSE_NOT_FOUND = 4404
         "duplicate_stream",
         "too_many_streams",
         "weights_missing",
+        "too_large",
         "validation_error",
         "backend_unavailable",
     ),

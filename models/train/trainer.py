@@ -97,8 +97,8 @@ class TrainConfig(BaseModel):
     export: bool = True
     eval_data: Path | None = None
     eval_images: Path | None = None
-    eval_first: int | None = None
-    """Evaluate on only the first N images of ``eval_data`` (quick checks)."""
+    eval_split: str | None = None
+    """Evaluate on only these image ids of ``eval_data`` (``A-B`` or ``first:N``; quick checks)."""
     eval_boxes: Literal["detector", "gt"] = "detector"
 
 
@@ -467,21 +467,19 @@ def _export_and_eval(
 
     entry = SEED_MODELS[result.model]
     backend = entry.backend or entry.name
-    ids = None
-    if cfg.eval_first is not None:
-        ids = [img["id"] for img in load_coco(cfg.eval_data).dataset["images"]][: cfg.eval_first]
     report = evaluate_backend(
         backend,
         cfg.eval_data,
         cfg.eval_images or cfg.eval_data.parent,
         settings=Settings(model_dir=model_dir, preload=()),
         boxes=cfg.eval_boxes,
-        image_ids=ids,
+        split=cfg.eval_split,
     )
     result.eval = report.as_dict()
     training["eval"] = {
         "data": str(cfg.eval_data),
         "images": report.images,
+        "split": cfg.eval_split,
         "boxes": report.boxes,
         "AP": round(report.stats["AP"], 4),
         "AP_body12": round(report.body_stats["AP"], 4),

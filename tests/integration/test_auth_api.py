@@ -281,3 +281,18 @@ def test_unlisted_v1_path_needs_a_key(model_dir: Path, tmp_path: Path) -> None:
         return [(await client.get("/v1/nothing-here", headers=h)).status_code for h in ({}, bearer("pose-key"))]
 
     assert run(settings_for(model_dir, tmp_path / "keys", preload=()), scenario) == [401, 404]
+
+
+def test_the_openapi_document_says_which_routes_need_a_key(model_dir: Path, tmp_path: Path) -> None:
+    keyed = create_app(settings_for(model_dir, tmp_path / "keys", auth=AuthSettings(protect_health=True))).openapi()
+    open_ = create_app(Settings(model_dir=model_dir)).openapi()
+    either = [{"bearer": []}, {"apiKey": []}]
+    for document, required in ((keyed, True), (open_, False)):
+        assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                guarded = path.startswith("/v1") or (required and path in ("/healthz", "/readyz"))
+                expected = (either if required else [*either, {}]) if guarded else None
+                assert operation.get("security") == expected, (path, method, operation.get("security"))
+    assert "`pose` scope" in keyed["paths"]["/v1/pose"]["post"]["description"]
+    assert "`streams` scope" in keyed["paths"]["/v1/streams"]["post"]["description"]

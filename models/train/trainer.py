@@ -96,6 +96,7 @@ class TrainConfig(BaseModel):
     merge: MergeRule = MergeRule()
     checkpoint_every: int = 500
     log_every: int = 10
+    """Metrics CSV flushed (and, off a terminal, a progress line printed) every N steps."""
     export: bool = True
     eval_data: Path | None = None
     eval_images: Path | None = None
@@ -325,7 +326,8 @@ def train(
     entry = SEED_MODELS[model_name]
     input_hw = cfg.input_hw or entry.input_hw
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = build(model_name, input_hw).to(dist.device, memory_format=layout)
+    net = build(model_name, input_hw).to(dist.device)
+    net = net.to(memory_format=layout)  # type: ignore[call-overload]  # missing from torch's stubs
     task = _task(model_name, net, cfg, input_hw, data, images)
     if len(task.dataset) == 0:  # type: ignore[arg-type]
         raise ValueError(f"no training samples in {data} (split {cfg.split!r})")
@@ -414,6 +416,9 @@ def train(
                 writer.writerow([done, f"{done / steps_per_epoch:.3f}", f"{value:.6f}", f"{lr:.3e}", f"{elapsed:.2f}",
                                  json.dumps({k: round(v, 5) for k, v in parts.items()})])  # fmt: skip
                 bar.update(done, value, lr)
+                if done % cfg.log_every == 0:
+                    fh.flush()
+                    bar.line(done, value, lr)
                 if done % cfg.checkpoint_every == 0 or done == total:
                     fh.flush()
                     _save(
@@ -497,7 +502,7 @@ class _Progress:
     """A rich progress bar (loss, lr, ETA) on rank 0; silent when disabled."""
 
     def __init__(self, total: int, start: int, *, enabled: bool) -> None:
-        self.enabled = enabled
+        self.enabled, self.total = enabled, total
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -514,6 +519,14 @@ class _Progress:
     def update(self, step: int, loss: float, lr: float) -> None:
         if self.enabled:
             self._bar.update(self._task, completed=step, loss=loss, lr=lr)
+
+    def line(self, step: int, loss: float, lr: float) -> None:
+        """Off a terminal (a log file, ``nohup``) the bar is not drawn: a plain line instead."""
+        if not self.enabled or self._bar.console.is_terminal:
+            return
+        task = self._bar.tasks[0]
+        left = f"{task.time_remaining:.0f} s" if task.time_remaining is not None else "?"
+        self._bar.console.print(f"train {step}/{self.total} loss {loss:.4f} lr {lr:.2e} left {left}", highlight=False)
 
     def __enter__(self) -> _Progress:
         if self.enabled:

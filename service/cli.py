@@ -365,6 +365,34 @@ def bench_http_cmd(
     typer.echo(f"wrote {out}")
 
 
+@bench_app.command("train")
+def bench_train_cmd(
+    models: Annotated[str, typer.Argument(help="comma-separated seed models, or 'all'")] = "all",
+    batch: Annotated[int, typer.Option(help="samples per step")] = 4,
+    steps: Annotated[int, typer.Option(help="timed steps per model (after one untimed)")] = 3,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/train.json"),
+) -> None:
+    """Wall time of one training step per seed model here (forward, backward, optimiser; no data
+    loading), and the paper's COCO schedule scaled to it."""
+    import torch
+
+    from models.export import SEED_MODELS
+    from models.train.steptime import step_times
+    from models.train.trainer import PAPER
+
+    trainable = [n for n in sorted(SEED_MODELS) if n.split("-")[0] in PAPER]
+    names = trainable if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [n for n in names if n not in trainable]
+    if unknown:
+        typer.echo(f"unknown seed model {unknown[0]!r}; trainable: {', '.join(trainable)}", err=True)
+        raise typer.Exit(2)
+    rows = step_times(names, batch=batch, steps=steps)
+    columns = ["model", "input_hw", "batch", "s_per_step", "ms_per_image", "paper_batch", "paper_epochs", "paper_hours"]
+    typer.echo(format_table(rows, columns))
+    write_json(out, "train", rows, torch_threads=torch.get_num_threads())
+    typer.echo(f"wrote {out}")
+
+
 _STAT_COLUMNS = (
     ("AP", "AP"),
     ("AP50", "AP50"),

@@ -92,3 +92,14 @@ def test_amfacpose_r18_trains_resumes_exports_and_serves(store: Path, tmp_path: 
 @pytest.mark.parametrize("model", ["amfacpose-r34", "lehrnet-w32", "erpose-n", "erpose-s", "erpose-m", "erpose-l"])
 def test_seed_model_trains_resumes_exports_and_serves(model: str, store: Path, tmp_path: Path) -> None:
     _check(model, store, tmp_path, workers=0)
+
+
+def test_step_times_scale_to_the_papers_schedule() -> None:
+    from models.train.steptime import COCO_TRAIN_IMAGES, COCO_TRAIN_PERSONS, step_times
+
+    rows = step_times(["amfacpose-r18", "erpose-n"], batch=2, steps=1, input_hw=(64, 64))
+    assert [r["model"] for r in rows] == ["amfacpose-r18", "erpose-n"]
+    for row, samples, epochs in zip(rows, (COCO_TRAIN_PERSONS, COCO_TRAIN_IMAGES), (140, 300), strict=True):
+        assert row["input_hw"] == "64x64" and row["s_per_step"] > 0 and row["paper_epochs"] == epochs
+        hours = row["s_per_step"] / 2 * samples * epochs / 3600
+        assert row["paper_hours"] == pytest.approx(hours, rel=0.01, abs=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.weights import DEFAULT_MODEL_DIR, DEFAULT_NPM_CACHE_DIR, PULLABLE, WeightsStore, pull_spec
-from tests.support import skip_unless_ci
+from tests.support import linked_store, skip_unless_ci
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +123,9 @@ def model_dir(weights_store: WeightsStore) -> Path:
 def topdown_models(weights_store: WeightsStore, model_dir: Path) -> Path:
     """``model_dir`` with the top-down cascade's models too (NanoDet, Thunder, BlazePose heavy)."""
     return _ensure(weights_store, PRETRAINED)
+
+
+@pytest.fixture
+def detector_store(tmp_path: Path, topdown_models: Path) -> Path:
+    """A fresh weights store (a temp dir) holding only the person detector, linked from the tests' store."""
+    return linked_store(tmp_path / "models", topdown_models, "nanodet")

@@ -62,6 +62,16 @@ def camera_video(name: str = "cam01.mp4") -> Path:
     return video
 
 
+def linked_store(folder: Path, source: Path, *names: str) -> Path:
+    """``folder`` (created) as a weights store of its own holding links to models ``names`` of the
+    store ``source``: what a test writes there (exports, pulls, variants) stays in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for suffix in (".onnx", ".json"):
+            (folder / f"{name}{suffix}").symlink_to((source / f"{name}{suffix}").resolve())
+    return folder
+
+
 def require_pose_samples() -> Path:
     """The pose_samples folder (COCO keypoints json + images); skips with the reason (fails under ``CI=true``)."""
     root = shared_dir() / "data" / "pose_samples"

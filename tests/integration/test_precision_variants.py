@@ -21,7 +21,7 @@ from models.runtimes import open_session, variant_name
 from models.weights import WeightsStore
 from service.backends.variants import choose_variant
 from service.config import BackendSettings, Settings
-from tests.support import client_for, require_pose_samples, skip_unless_ci
+from tests.support import client_for, linked_store, require_pose_samples, skip_unless_ci
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,7 @@ def _need_openvino() -> None:
 @pytest.fixture
 def own_store(model_dir: Path, tmp_path: Path) -> WeightsStore:
     """A store of its own (variants are written into it) linking the tests' movenet-multipose."""
-    store_dir = tmp_path / "models"
-    store_dir.mkdir()
-    for suffix in (".onnx", ".json"):
-        (store_dir / f"{MODEL}{suffix}").symlink_to((model_dir / f"{MODEL}{suffix}").resolve())
-    return WeightsStore(store_dir)
+    return WeightsStore(linked_store(tmp_path / "models", model_dir, MODEL))
 
 
 def test_openvino_session_answers_as_onnxruntime(model_dir: Path) -> None:

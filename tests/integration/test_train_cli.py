@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from models.card import read_card
+from models.export import export_to_store
 from models.train.trainer import config_for, train
 from tests.support import require_pose_samples, shared_dir, skip_unless_ci
 
@@ -71,6 +72,10 @@ def _check(model: str, store: Path, tmp_path: Path, *, workers: int) -> None:
     assert 0.0 <= training["eval"]["AP"] <= 1.0 and training["eval"]["images"] == 1
     assert "research use" in card.licence["training_data"]
     assert json.loads((out / "config.json").read_text())["model"] == model
+
+    # `poseserve export --checkpoint` of a training checkpoint takes the size it was trained at
+    again = export_to_store(model, tmp_path / "again", checkpoint=out / "last.pt")
+    assert again.input.size_hw == (64, 64) and not again.untrained
 
 
 def test_amfacpose_r18_trains_resumes_exports_and_serves(detector_store: Path, tmp_path: Path) -> None:

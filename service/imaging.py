@@ -13,13 +13,14 @@ import io
 import math
 import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 
-__all__ = ["ACCEPTED_MEDIA_TYPES", "decode_image", "decode_image_reduced"]
+__all__ = ["ACCEPTED_MEDIA_TYPES", "decode_image", "decode_image_reduced", "upright_size"]
 
 ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/bmp"})
 _ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
@@ -95,6 +96,15 @@ def decode_image_reduced(data: bytes, *, max_pixels: int, long_side: int | None)
     # orientations 5-8 turn the picture by 90 degrees (when exif_transpose applied them)
     full_wh = (height, width) if orientation in (5, 6, 7, 8) and upright is not image else (width, height)
     return np.asarray(rgb), full_wh
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image file at ``path`` as served (EXIF orientation applied), read
+    from its header without decoding the pixels."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _draft_long_side(image: Image.Image, long_side: int) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from models.weights import WeightsStore
 from service.config import Settings
 from service.evaluate import ServedImage, run_served
+from service.imaging import upright_size
 
 __all__ = ["IMAGE_SUFFIXES", "Thresholds", "extract_frames", "pseudolabel"]
 
@@ -89,10 +90,7 @@ def pseudolabel(
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for item in items:
-        pixels = cv2.imread(str(item.path), cv2.IMREAD_UNCHANGED)
-        if pixels is None:
-            raise ValueError(f"cannot read image {item.path}")
-        h, w = pixels.shape[:2]
+        w, h = upright_size(item.path)  # the frame the served keypoints are in
         coco_images.append(
             {"id": item.image_id, "file_name": item.path.relative_to(root).as_posix(), "width": w, "height": h}
         )

@@ -6,13 +6,14 @@ import io
 import struct
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
-from service.imaging import decode_image
+from service.imaging import decode_image, upright_size
 
 pytestmark = pytest.mark.unit
 
@@ -105,9 +106,14 @@ def test_gif_is_unsupported() -> None:
         decode_image(encode("GIF"), max_pixels=10_000)
 
 
-def test_exif_orientation_applied() -> None:
+def test_exif_orientation_applied(tmp_path: Path) -> None:
     buf = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW on display
     Image.new("RGB", (64, 32)).save(buf, format="JPEG", exif=exif)
     assert decode_image(buf.getvalue(), max_pixels=10_000).shape == (64, 32, 3)
+    # the header-only size of a file is the served frame's too
+    (tmp_path / "rotated.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "plain.png").write_bytes(encode("PNG", 64, 48))
+    assert upright_size(tmp_path / "rotated.jpg") == (32, 64)
+    assert upright_size(tmp_path / "plain.png") == (64, 48)

@@ -14,11 +14,19 @@ import contextlib
 import copy
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BODY_JOINTS", "COCO_SIGMAS", "KEYPOINT_STAT_NAMES", "coco_keypoint_results", "evaluate_keypoints"]
+__all__ = [
+    "BODY_JOINTS",
+    "COCO_SIGMAS",
+    "KEYPOINT_STAT_NAMES",
+    "coco_keypoint_results",
+    "evaluate_keypoints",
+    "load_coco",
+]
 
 COCO_SIGMAS = (
     np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
@@ -60,6 +68,19 @@ def _keep_joints(keypoints: Sequence[float], joints: Sequence[int]) -> list[floa
     return [float(v) for v in triples.reshape(-1)]
 
 
+def load_coco(ann: Path | str | dict[str, Any]) -> Any:
+    """A ``pycocotools.coco.COCO`` index of a keypoint file (or of a dataset dict, copied), quietly."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(ann, dict):
+            coco = COCO()
+            coco.dataset = copy.deepcopy(ann)
+            coco.createIndex()
+            return coco
+        return COCO(str(ann))
+
+
 def _restrict(
     ground_truth: dict[str, Any], results: Sequence[dict[str, Any]], joints: Sequence[int]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -78,16 +99,13 @@ def evaluate_keypoints(
 
     `joints`: COCO indices to score (all 17 when None); the others are removed from both sides.
     """
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if joints is not None:
         ground_truth, results = _restrict(ground_truth, results, joints)
 
+    gt = load_coco(ground_truth)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = copy.deepcopy(ground_truth)
-        gt.createIndex()
         if not results:
             return dict.fromkeys(KEYPOINT_STAT_NAMES, 0.0)
         dt = gt.loadRes(list(results))

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-from pathlib import Path
 from typing import Any
 
+from models.evaluation import load_coco
+
 __all__ = ["data_facts", "load_coco", "split_ids"]
-
-
-def load_coco(ann: Path | str | dict[str, Any]) -> Any:
-    """A ``pycocotools.coco.COCO`` index of a keypoint file (or of a dataset dict, copied)."""
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        if isinstance(ann, dict):
-            coco = COCO()
-            coco.dataset = copy.deepcopy(ann)
-            coco.createIndex()
-            return coco
-        return COCO(str(ann))
 
 
 def split_ids(image_ids: list[int], spec: str | None) -> set[int] | None:

@@ -105,6 +105,17 @@ bench-report: models system-deps
 soak: models system-deps
 	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/python -m loadtest.soak --minutes $${SOAK_MINUTES:-30} --out $(BENCH_OUT)/soak.json
 
+# The run behind the shipped amfacpose-r18 weights (models/shipped; about 2 h on 2 cores): face points for
+# LSPET from the topdown-movenet teacher, then models/shipped/amfacpose-r18.toml. The export lands in the
+# weights store, served at once; copying its NAME.onnx + NAME.json into models/shipped ships it.
+.PHONY: train-shipped
+train-shipped: test-models
+	@mkdir -p runs
+	test -s runs/lspet-teacher.json || $(BIN)/poseserve data pseudolabel --images $(SHARED)/data/lspet \
+		--teacher topdown-movenet --out runs/lspet-teacher.json
+	POSESERVE_SHARED_DIR=$(SHARED) $(BIN)/poseserve train amfacpose-r18 --data $(SHARED)/data/lspet/person_keypoints.json \
+		--images $(SHARED)/data/lspet --config models/shipped/amfacpose-r18.toml --out runs/amfacpose-r18 $(TRAIN_ARGS)
+
 clean:
 	rm -rf $(VENV) $(BENCH_OUT) .mypy_cache .ruff_cache .pytest_cache
 

@@ -93,6 +93,7 @@ class CameraWorker:
         self._running: dict[str, _Running] = {}
         self._renewed_at = 0.0
         self._info_at = 0.0
+        self._parsed: dict[bytes | str, StreamSpec] = {}
 
     async def run(self) -> None:
         backoff = self.link.backoff()
@@ -114,8 +115,11 @@ class CameraWorker:
                 await self._stop(stream_id, release=True)
 
     async def _tick(self) -> None:
-        client = self.link.client
-        specs = {_text(sid): StreamSpec.from_json(raw) for sid, raw in (await client.hgetall(STREAMS_KEY)).items()}
+        registry = await self.link.client.hgetall(STREAMS_KEY)
+        # parsed once per registry entry: every POLL_S tick reads the hash, few ticks change it
+        parsed = {raw: self._parsed.get(raw) or StreamSpec.from_json(raw) for raw in registry.values()}
+        self._parsed = parsed
+        specs = {_text(sid): parsed[raw] for sid, raw in registry.items()}
         for stream_id in [s for s in self._running if s not in specs]:
             await self._stop(stream_id, release=True)  # deleted from the registry
         now = time.monotonic()

@@ -27,6 +27,7 @@ from service.distributed.cameras import (
     OWNER_KEY,
     STREAMS_KEY,
     StreamSpec,
+    as_text,
     create_stream,
     lease_key,
     results_channel,
@@ -119,7 +120,7 @@ class CameraWorker:
         # parsed once per registry entry: every POLL_S tick reads the hash, few ticks change it
         parsed = {raw: self._parsed.get(raw) or StreamSpec.from_json(raw) for raw in registry.values()}
         self._parsed = parsed
-        specs = {_text(sid): parsed[raw] for sid, raw in registry.items()}
+        specs = {as_text(sid): parsed[raw] for sid, raw in registry.items()}
         for stream_id in [s for s in self._running if s not in specs]:
             await self._stop(stream_id, release=True)  # deleted from the registry
         now = time.monotonic()
@@ -158,9 +159,9 @@ class CameraWorker:
                 continue
             previous = await self.link.client.hget(OWNER_KEY, spec.id)
             await self.link.client.hset(OWNER_KEY, spec.id, self.worker_id)
-            if previous is not None and _text(previous) != self.worker_id:
+            if previous is not None and as_text(previous) != self.worker_id:
                 self._metrics.redis_lease_moves_total.inc()
-                logger.warning("stream %s: taken over from worker %s", spec.name, _text(previous))
+                logger.warning("stream %s: taken over from worker %s", spec.name, as_text(previous))
             await self._start(spec)
 
     async def _start(self, spec: StreamSpec) -> None:
@@ -211,7 +212,3 @@ class CameraWorker:
                 )
                 pipe.hset(INFO_KEY, stream_id, shown.model_dump_json())
         await pipe.execute()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

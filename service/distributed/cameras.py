@@ -48,6 +48,8 @@ __all__ = [
     "LocalCameras",
     "RemoteCameras",
     "StreamSpec",
+    "as_text",
+    "create_stream",
     "lease_key",
     "results_channel",
 ]
@@ -166,6 +168,21 @@ async def create_stream(manager: StreamManager, body: StreamCreate) -> Stream:
     )
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (clients built with or without ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_REGISTER = """
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 'limit' end
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 'duplicate' end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+return 'ok'
+"""
+"""a subscription registered in one step: the stream limit, the unique name and the spec together
+(gateways registering at once cannot pass `max_streams` between a count and a write)"""
+
+
 class RemoteCameras:
     """A gateway's view of the Redis stream registry, and its WebSocket fan-out."""
 
@@ -219,9 +236,7 @@ class RemoteCameras:
         self._check_backend(backend_name)  # UnknownBackendError
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, validate_stream_url, url, self._settings.streams)
-        count = await self._call(lambda: self.link.client.hlen(STREAMS_KEY))
-        if count >= self._settings.streams.max_streams:
-            raise StreamLimitError(f"at most {self._settings.streams.max_streams} streams (streams.max_streams)")
+        limit = self._settings.streams.max_streams
         stream_id = uuid.uuid4().hex[:12]
         spec = StreamSpec(
             id=stream_id,
@@ -232,9 +247,15 @@ class RemoteCameras:
             created_at=time.time(),
             options=body.model_dump(exclude={"url", "name", "backend", "max_fps"}, mode="json"),
         )
-        if not await self._call(lambda: self.link.client.hsetnx(NAMES_KEY, spec.name, stream_id)):
+        outcome = await self._call(
+            lambda: self.link.client.eval(
+                _REGISTER, 2, STREAMS_KEY, NAMES_KEY, limit, spec.name, stream_id, spec.to_json()
+            )
+        )
+        if as_text(outcome) == "limit":
+            raise StreamLimitError(f"at most {limit} streams (streams.max_streams)")
+        if as_text(outcome) == "duplicate":
             raise DuplicateStreamError(f"a stream named {spec.name!r} exists already")
-        await self._call(lambda: self.link.client.hset(STREAMS_KEY, stream_id, spec.to_json()))
         logger.info("stream %s (%s) registered: %s", spec.name, stream_id, redact(url))
         return spec.waiting_info()
 

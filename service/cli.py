@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -445,8 +446,6 @@ def eval_cmd(
 
 
 def _default_eval_data() -> Path | None:
-    import os
-
     shared = os.environ.get("POSESERVE_SHARED_DIR")
     path = Path(shared) / "data" / "pose_samples" / "person_keypoints.json" if shared else None
     return path if path is not None and path.is_file() else None
@@ -481,6 +480,8 @@ def train_cmd(
         raise typer.Exit(2) from None
     run_dir = out or Path("runs") / model
     result = train(model, data, images, run_dir, cfg, resume=resume, model_dir=_settings().model_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return  # torchrun: rank 0 reports (and alone wrote the checkpoint, metrics and export)
     typer.echo(
         f"{model}: steps {result.start_step}->{result.steps}, {result.seconds_per_step:.2f} s/step, "
         f"loss {result.losses[0] if result.losses else float('nan'):.4f} -> "

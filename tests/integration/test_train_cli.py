@@ -98,3 +98,31 @@ def test_step_times_scale_to_the_papers_schedule() -> None:
         assert row["input_hw"] == "64x64" and row["s_per_step"] > 0 and row["paper_epochs"] == epochs
         hours = row["s_per_step"] / 2 * samples * epochs / 3600
         assert row["paper_hours"] == pytest.approx(hours, rel=0.01, abs=1)
+
+
+def test_two_process_ddp_on_the_cpu(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m service train`: gloo on the CPU, a DistributedSampler
+    (each step takes a batch per process: half an epoch of 8 persons at batch 2), one writer."""
+    import shutil
+    import subprocess
+    import sys
+
+    lspet = _lspet()
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torch installs torchrun beside the interpreter"
+    config = tmp_path / "run.toml"
+    config.write_text('input_hw = [64, 64]\nbatch_size = 2\nsteps = 4\nsplit = "first:8"\nworkers = 0\n')
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "service", "train", "amfacpose-r18",
+         "--data", str(lspet / "person_keypoints.json"), "--images", str(lspet),
+         "--config", str(config), "--out", str(out), "--no-export"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("amfacpose-r18: steps 0->4") == 1, result.stdout  # rank 0 reports
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["epoch"]) for r in rows] == [0.5, 1.0, 1.5, 2.0]
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 4

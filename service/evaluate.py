@@ -160,6 +160,7 @@ async def _with_boxes(
             {"score": float(s), "bbox": [float(v) for v in b], "keypoints": k.tolist()}
             for k, b, s in zip(persons.keypoints, persons.boxes_xyxy, persons.scores, strict=True)
         ]
+    progress.done(len(images))
     return out
 
 

@@ -29,7 +29,6 @@ from service.api.auth import REFUSED_ROUTE, AuthMiddleware, reload_on_sighup, ro
 from service.api.deps import Services, error_response, serve_error_response
 from service.api.limits import CapBody
 from service.api.openapi import with_security, without_default_validation_answers
-from service.api.preview import FramePreviews
 from service.api.shed import ShedOverload
 from service.auth import Keyring
 from service.backends import BackendManager
@@ -41,6 +40,7 @@ from service.errors import ServeError
 from service.gpu import register_gpu_metrics
 from service.metrics import Metrics
 from service.schemas import Readiness
+from service.streams.preview import FramePreviews
 
 __all__ = ["create_app"]
 
@@ -60,13 +60,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None, reload_key
     stream_manager = local_parts.stream_manager(settings, backends, metrics, decode_pool)
     remote = RedisJobs(settings, metrics) if settings.redis_url else None
     local = local_parts.in_process_jobs(settings, backends, decode_pool)
-    cameras: Cameras = LocalCameras(stream_manager)
+    cameras: Cameras = LocalCameras(stream_manager, FramePreviews(decode_pool), settings.streams)
     if remote is not None:
         cameras = RemoteCameras(settings, metrics, decode_pool, remote.link, check_backend=backends.spec)
-    previews = FramePreviews(decode_pool)
-    svc = Services(
-        settings, metrics, backends, stream_manager, decode_pool, keyring, previews, remote or local, cameras
-    )
+    svc = Services(settings, metrics, backends, stream_manager, decode_pool, keyring, remote or local, cameras)
     # a gateway (redis_url set) runs no model unless it also runs workers of its own
     models_here = remote is None or settings.distributed.local_workers
 

@@ -13,7 +13,6 @@ from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
-from service.api.preview import FramePreviews
 from service.auth import ApiKey, Keyring, Scope
 from service.backends import BackendManager
 from service.config import Settings
@@ -74,7 +73,6 @@ class Services:
     streams: StreamManager
     decode_pool: ThreadPoolExecutor
     keyring: Keyring
-    previews: FramePreviews
     jobs: ImageJobs
     cameras: Cameras
     """`streams` behind `/v1/streams`, or the Redis stream registry of a gateway"""

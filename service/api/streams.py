@@ -14,8 +14,7 @@ from starlette.websockets import WebSocketState
 
 from service.api.deps import Services, require_scope, services, websocket_key_ok
 from service.api.openapi import AUTH_ERRORS, JPEG_ANSWER, error_responses
-from service.api.preview import preview_refusal
-from service.errors import PreviewDisabledError, UnknownStreamError
+from service.errors import UnknownStreamError
 from service.schemas import StreamCreate, StreamInfo
 from service.streams.stream import ClientQueue
 
@@ -75,11 +74,7 @@ async def delete_stream(stream_id: str, svc: Services = Depends(services)) -> Re
 async def stream_frame(stream_id: str, svc: Services = Depends(services)) -> Response:
     """The stream's latest camera frame as JPEG (low rate: `streams.preview_fps`); off unless
     `streams.preview_enabled` (403 `preview_disabled`), 503 `no_frame` before its first frame."""
-    stream = svc.streams.get(stream_id)
-    settings = svc.settings.streams
-    if (refusal := preview_refusal(settings, stream)) is not None:
-        raise PreviewDisabledError(refusal)
-    jpeg = await svc.previews.jpeg(stream, settings.preview_fps)
+    jpeg = await svc.cameras.frame(stream_id)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 

@@ -29,6 +29,7 @@ from service.distributed.cameras import (
     StreamSpec,
     as_text,
     create_stream,
+    frame_key,
     lease_key,
     results_channel,
 )
@@ -38,6 +39,7 @@ from service.errors import ServeError
 from service.metrics import Metrics
 from service.schemas import StreamInfo
 from service.streams.manager import StreamManager
+from service.streams.preview import FramePreviews, preview_refusal
 from service.streams.stream import ClientQueue
 
 __all__ = ["CameraWorker"]
@@ -82,9 +84,13 @@ class CameraWorker:
         names: Sequence[str],
         *,
         worker_id: str,
+        previews: FramePreviews,
     ) -> None:
-        """`link`: the worker's (`JobWorker.link`, whose heartbeat loop notices Redis coming back)."""
+        """`link`: the worker's (`JobWorker.link`, whose heartbeat loop notices Redis coming back).
+        `previews`: the JPEG encoder of the frames gateways show (`streams.preview_enabled`)."""
         self._settings = settings
+        self._previews = previews
+        self._preview_at = 0.0
         self._metrics = metrics
         self._manager = manager
         self.link = link
@@ -128,6 +134,10 @@ class CameraWorker:
             self._renewed_at = now
             await self._renew()
         await self._take(specs)
+        streams = self._settings.streams
+        if streams.preview_enabled and not streams.skeleton_only and now - self._preview_at >= 1 / streams.preview_fps:
+            self._preview_at = now
+            await self._publish_previews()
         if now - self._info_at >= INFO_PERIOD_S:
             self._info_at = now
             await self._publish_info()
@@ -199,6 +209,24 @@ class CameraWorker:
                 await self.link.client.publish(channel, message.replace(local, shown, 1))
             except REDIS_ERRORS as exc:  # this message is lost; the next one tries again
                 self.link.lost(exc)
+
+    async def _publish_previews(self) -> None:
+        """Each running stream's latest frame as JPEG under `frame_key`, for the gateways' `frame.jpg`
+        (none for a skeleton-only stream). It expires a few preview intervals after this worker
+        stops refreshing it."""
+        fps = self._settings.streams.preview_fps
+        ttl_ms = max(2000, round(3000 / fps))
+        pipe = self.link.client.pipeline(transaction=False)
+        for stream_id, running in list(self._running.items()):
+            try:
+                stream = self._manager.get(running.local_id)
+                if preview_refusal(self._settings.streams, stream.skeleton_only) is not None:
+                    continue
+                pipe.set(frame_key(stream_id), await self._previews.jpeg(stream, fps), px=ttl_ms)
+            except ServeError:  # no frame yet, or stopped meanwhile
+                continue
+        if len(pipe):
+            await pipe.execute()
 
     async def _publish_info(self) -> None:
         if not self._running:

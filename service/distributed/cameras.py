@@ -28,13 +28,21 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from service.config import Settings
+from service.config import Settings, StreamSettings
 from service.distributed.link import REDIS_ERRORS, RedisLink
 from service.distributed.redis_jobs import KEY_PREFIX
-from service.errors import BackendUnavailableError, DuplicateStreamError, StreamLimitError, UnknownStreamError
+from service.errors import (
+    BackendUnavailableError,
+    DuplicateStreamError,
+    NoFrameError,
+    PreviewDisabledError,
+    StreamLimitError,
+    UnknownStreamError,
+)
 from service.metrics import Metrics
 from service.schemas import StreamCreate, StreamInfo, StreamStateEvent
 from service.streams.manager import StreamManager
+from service.streams.preview import FramePreviews, preview_refusal
 from service.streams.states import StreamState
 from service.streams.stream import ClientQueue, Stream
 from service.streams.urls import redact, validate_stream_url
@@ -50,6 +58,7 @@ __all__ = [
     "StreamSpec",
     "as_text",
     "create_stream",
+    "frame_key",
     "lease_key",
     "results_channel",
 ]
@@ -64,6 +73,11 @@ OWNER_KEY = f"{KEY_PREFIX}:stream_owner"
 
 def lease_key(stream_id: str) -> str:
     return f"{KEY_PREFIX}:lease:{stream_id}"
+
+
+def frame_key(stream_id: str) -> str:
+    """The latest preview JPEG of a stream, written by the worker running it (expires with it)."""
+    return f"{KEY_PREFIX}:frame:{stream_id}"
 
 
 def results_channel(stream_id: str) -> str:
@@ -127,13 +141,23 @@ class Cameras(Protocol):
     async def delete(self, stream_id: str) -> None: ...
     async def subscribe(self, stream_id: str) -> ClientQueue: ...
     def unsubscribe(self, stream_id: str, client: ClientQueue) -> None: ...
+    async def frame(self, stream_id: str) -> bytes: ...
 
 
 class LocalCameras:
     """The cameras of this process (`StreamManager`)."""
 
-    def __init__(self, manager: StreamManager) -> None:
+    def __init__(self, manager: StreamManager, previews: FramePreviews, settings: StreamSettings) -> None:
         self._manager = manager
+        self._previews = previews
+        self._settings = settings
+
+    async def frame(self, stream_id: str) -> bytes:
+        """The stream's latest frame as JPEG (`FramePreviews`), where previews are allowed."""
+        stream = self._manager.get(stream_id)
+        if (refusal := preview_refusal(self._settings, stream.skeleton_only)) is not None:
+            raise PreviewDisabledError(refusal)
+        return await self._previews.jpeg(stream, self._settings.preview_fps)
 
     async def create(self, body: StreamCreate) -> StreamInfo:
         return StreamInfo.from_snapshot((await create_stream(self._manager, body)).snapshot())
@@ -282,6 +306,25 @@ class RemoteCameras:
             raise UnknownStreamError(f"no stream with id {stream_id!r}")
         return self._info(StreamSpec.from_json(raw), info)
 
+    async def frame(self, stream_id: str) -> bytes:
+        """The JPEG the worker running the stream keeps in Redis (`frame_key`), where previews are allowed."""
+
+        def both() -> Any:
+            pipe = self.link.client.pipeline(transaction=False)
+            pipe.hget(STREAMS_KEY, stream_id)
+            pipe.get(frame_key(stream_id))
+            return pipe.execute()
+
+        raw, jpeg = await self._call(both)
+        if raw is None:
+            raise UnknownStreamError(f"no stream with id {stream_id!r}")
+        skeleton_only = bool(StreamSpec.from_json(raw).options.get("skeleton_only"))
+        if (refusal := preview_refusal(self._settings.streams, skeleton_only)) is not None:
+            raise PreviewDisabledError(refusal)
+        if jpeg is None:
+            raise NoFrameError(f"stream {stream_id!r} has no frame yet", retry_after_s=1.0)
+        return bytes(jpeg)
+
     def _info(self, spec: StreamSpec, info: bytes | None) -> StreamInfo:
         shown = spec.waiting_info() if info is None else StreamInfo.model_validate_json(info)
         return shown.model_copy(update={"ws_clients": len(self._clients.get(spec.id, ()))})
@@ -298,6 +341,7 @@ class RemoteCameras:
             pipe.hdel(NAMES_KEY, spec.name)
             pipe.hdel(INFO_KEY, stream_id)
             pipe.hdel(OWNER_KEY, stream_id)
+            pipe.delete(frame_key(stream_id))
             stopped = StreamStateEvent(stream_id=stream_id, state=StreamState.STOPPED).model_dump_json()
             pipe.publish(results_channel(stream_id), stopped)
             return pipe.execute()

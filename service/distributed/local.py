@@ -16,6 +16,7 @@ from service.distributed.worker import JobWorker
 from service.metrics import Metrics
 from service.priority import lower_this_thread
 from service.streams.manager import StreamManager
+from service.streams.preview import FramePreviews
 
 __all__ = ["decode_pool", "in_process_jobs", "start_worker", "stop_tasks", "stream_manager"]
 
@@ -67,7 +68,9 @@ def start_worker(
     stop them with `stop_tasks`, in the order given (cameras first: they release their leases
     over the worker's link)."""
     worker = JobWorker(settings, metrics, backends, local, names)
-    leases = CameraWorker(settings, metrics, manager, worker.link, names, worker_id=worker.worker_id)
+    leases = CameraWorker(
+        settings, metrics, manager, worker.link, names, worker_id=worker.worker_id, previews=FramePreviews(local.pool)
+    )
     return worker, [asyncio.create_task(leases.run()), asyncio.create_task(worker.run())]
 
 

@@ -81,7 +81,7 @@ class InProcessJobs:
         """`jpeg_decode_scale` (settings): a JPEG is decoded reduced (1/2, 1/4, 1/8) while its long
         side stays at least this many times the model input; 0 decodes at full size."""
         self._backends = backends
-        self._pool = pool
+        self.pool = pool
         self._max_image_pixels = max_image_pixels
         self._jpeg_decode_scale = jpeg_decode_scale
 
@@ -105,7 +105,7 @@ class InProcessJobs:
             return prepared, width, height
 
         return await asyncio.wait_for(
-            asyncio.get_running_loop().run_in_executor(self._pool, work),
+            asyncio.get_running_loop().run_in_executor(self.pool, work),
             timeout=max(0.0, deadline - time.monotonic()),
         )
 

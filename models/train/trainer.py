@@ -443,6 +443,9 @@ def train(
     return result
 
 
+WEIGHTS_TERMS = "trained by poseserve train; bound by the training data's terms (training_data)"
+
+
 def _export_and_eval(
     result: TrainResult, cfg: TrainConfig, facts: dict[str, str], input_hw: tuple[int, int], data: Path, model_dir: Path
 ) -> None:
@@ -461,7 +464,10 @@ def _export_and_eval(
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
     }
-    licence = {"training_data": facts.get("licence", "unknown")}
+    licence = {
+        "weights": WEIGHTS_TERMS,
+        "training_data": facts.get("licence", "unknown"),
+    }
     if facts.get("citation"):
         licence["citation"] = facts["citation"]
     card = export_to_store(

@@ -17,7 +17,7 @@ import torch
 
 from models.card import read_card
 from models.export import export_to_store
-from models.train.trainer import config_for, train
+from models.train.trainer import WEIGHTS_TERMS, config_for, train
 from tests.support import require_pose_samples, shared_dir, skip_unless_ci
 
 pytestmark = [pytest.mark.integration, pytest.mark.train]
@@ -71,6 +71,7 @@ def _check(model: str, store: Path, tmp_path: Path, *, workers: int) -> None:
     assert training["steps"] == 8 and training["data"].endswith("lspet/person_keypoints.json")
     assert 0.0 <= training["eval"]["AP"] <= 1.0 and training["eval"]["images"] == 1
     assert "research use" in card.licence["training_data"]
+    assert card.licence["weights"] == WEIGHTS_TERMS
     assert json.loads((out / "config.json").read_text())["model"] == model
 
     # `poseserve export --checkpoint` of a training checkpoint takes the size it was trained at

@@ -22,16 +22,14 @@ import numpy as np
 
 from models import registry
 from models.card import ModelCard
-from models.persons import Persons
 from models.pipelines import build
 from models.pipelines.base import Detector, PipelineOptions
 from models.pipelines.sharpose import GatedCropPose
-from models.pipelines.topdown import assemble
 from models.registry import ModelEntry
 from models.runtime import Session
 from models.weights import WeightsStore
 from service.backends.sessions import load_sessions, run_rows
-from service.backends.topdown import Detections, TopDownBackend, crop_stage_settings
+from service.backends.topdown import TopDownBackend, crop_stage_settings
 from service.config import BackendSettings, Settings, TopDownSettings
 from service.engine import ItemResult, StageRunner
 from service.metrics import Metrics
@@ -158,54 +156,21 @@ class GatedTopDownBackend(TopDownBackend):
         inference_s = time.perf_counter() - started
         return [self.pose.decode_fine(heatmaps[i]) for i in range(len(rows))], inference_s
 
-    async def pose_stage(
-        self,
-        found: Detections,
-        det: ItemResult[Detections] | None,
-        *,
-        started: float,
-        deadline: float,
-        wait_s: float,
-        key: Hashable,
-    ) -> ItemResult[Persons]:
-        """The top-down pose stage with the gate: each crop's coarse result, then the fine stage for the
-        crops it refines (whatever ran the detector: a request, a camera frame, carried boxes)."""
-        det_queue_s, det_inference_s = (det.queue_s, det.inference_s) if det is not None else (0.0, 0.0)
-        if not found.rows:
-            return ItemResult(Persons.empty(), det_queue_s, det_inference_s, det.batch_size if det is not None else 0)
-        frame_key = (key, next(self._frames))
-        futures: list[Future[Any]] = []
-
-        async def crop(row: np.ndarray) -> tuple[np.ndarray, list[ItemResult[Any]]]:
-            coarse_future = self.pose_runner.submit(row, deadline=deadline, key=frame_key)
-            futures.append(coarse_future)
-            coarse: ItemResult[CoarseResult] = await asyncio.wrap_future(coarse_future)  # type: ignore[arg-type]
-            if coarse.value.fine is None:
-                assert coarse.value.keypoints is not None
-                return coarse.value.keypoints, [coarse]
-            fine_future = self.fine_runner.submit(coarse.value.fine, deadline=deadline, key=frame_key)
-            futures.append(fine_future)
-            fine = await asyncio.wrap_future(fine_future)
-            return fine.value, [coarse, fine]
-
-        tasks = [asyncio.ensure_future(crop(row)) for row in found.rows]
-        try:
-            left_s = wait_s - (time.monotonic() - started)
-            done = await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(0.0, left_s))
-        finally:
-            for t in tasks:
-                t.cancel()
-            for f in futures:
-                f.cancel()  # no-op for finished ones; frees queue slots after a failure
-        persons = assemble(
-            [k for k, _ in done], found.crops, found.scores, flip_test=self.flip_test, crop_w=self.pose.crop_wh[0]
-        )
-        return ItemResult(
-            persons,
-            queue_s=det_queue_s + max(sum(r.queue_s for r in rs) for _, rs in done),
-            inference_s=det_inference_s + max(sum(r.inference_s for r in rs) for _, rs in done),
-            batch_size=max(r.batch_size for _, rs in done for r in rs),
-        )
+    async def _crop(
+        self, row: np.ndarray, frame_key: Hashable, deadline: float, futures: list[Future[Any]]
+    ) -> tuple[np.ndarray, list[ItemResult[Any]]]:
+        """The gate: the crop's coarse result, then the fine stage if its quality asks for it
+        (whatever ran the detector: a request, a camera frame, carried boxes)."""
+        coarse_future = self.pose_runner.submit(row, deadline=deadline, key=frame_key)
+        futures.append(coarse_future)
+        coarse: ItemResult[CoarseResult] = await asyncio.wrap_future(coarse_future)  # type: ignore[arg-type]
+        if coarse.value.fine is None:
+            assert coarse.value.keypoints is not None
+            return coarse.value.keypoints, [coarse]
+        fine_future = self.fine_runner.submit(coarse.value.fine, deadline=deadline, key=frame_key)
+        futures.append(fine_future)
+        fine = await asyncio.wrap_future(fine_future)
+        return fine.value, [coarse, fine]
 
 
 def _warm_up(sessions: Sequence[FineSession], row: FineRow, max_batch: int) -> dict[int, float]:

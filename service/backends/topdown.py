@@ -14,6 +14,7 @@ import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -208,31 +209,41 @@ class TopDownBackend(LoadedBackend):
         wait_s: float,
         key: Hashable,
     ) -> ItemResult[Persons]:
-        """Pose rows of one frame through the pose stage; timings add the detect stage's (`det`) if it ran."""
+        """Pose rows of one frame through the pose stage (each crop by `_crop`); timings add the detect
+        stage's (`det`) if it ran. A crop's timings add over its stages, a frame waits for its slowest crop."""
         det_queue_s, det_inference_s = (det.queue_s, det.inference_s) if det is not None else (0.0, 0.0)
         if not found.rows:
             return ItemResult(Persons.empty(), det_queue_s, det_inference_s, det.batch_size if det is not None else 0)
         frame_key = (key, next(self._frames))
-        futures: list[Future[ItemResult[np.ndarray]]] = []
+        futures: list[Future[Any]] = []
+        tasks = [asyncio.ensure_future(self._crop(row, frame_key, deadline, futures)) for row in found.rows]
         try:
-            for row in found.rows:
-                futures.append(self.pose_runner.submit(row, deadline=deadline, key=frame_key))
             left_s = wait_s - (time.monotonic() - started)
-            results = await asyncio.wait_for(
-                asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), timeout=max(0.0, left_s)
-            )
+            done = await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(0.0, left_s))
         finally:
+            for t in tasks:
+                t.cancel()
             for f in futures:
                 f.cancel()  # no-op for finished ones; frees queue slots after a failure
         persons = assemble(
-            [r.value for r in results], found.crops, found.scores, flip_test=self.flip_test, crop_w=self.pose.crop_wh[0]
+            [k for k, _ in done], found.crops, found.scores, flip_test=self.flip_test, crop_w=self.pose.crop_wh[0]
         )
         return ItemResult(
             persons,
-            queue_s=det_queue_s + max(r.queue_s for r in results),
-            inference_s=det_inference_s + max(r.inference_s for r in results),
-            batch_size=max(r.batch_size for r in results),
+            queue_s=det_queue_s + max(sum(r.queue_s for r in rs) for _, rs in done),
+            inference_s=det_inference_s + max(sum(r.inference_s for r in rs) for _, rs in done),
+            batch_size=max(r.batch_size for _, rs in done for r in rs),
         )
+
+    async def _crop(
+        self, row: np.ndarray, frame_key: Hashable, deadline: float, futures: list[Future[Any]]
+    ) -> tuple[np.ndarray, list[ItemResult[Any]]]:
+        """One crop's keypoints and the result of every stage it went through (here: the pose stage).
+        Each submitted future goes into `futures`, cancelled when the frame ends."""
+        future = self.pose_runner.submit(row, deadline=deadline, key=frame_key)
+        futures.append(future)
+        result: ItemResult[np.ndarray] = await asyncio.wrap_future(future)
+        return result.value, [result]
 
 
 def crop_stage_settings(settings: BackendSettings, topdown: TopDownSettings) -> BackendSettings:

@@ -141,26 +141,26 @@ def export_to_store(name: str, out: Path, *, checkpoint: Path | None = None, see
         "num_coarse": cfg.num_coarse,
         "num_refined": cfg.num_refined,
     }
-    fine_card = ModelCard(
-        name=fine_name(out.stem),
-        codec_params={**params, "stage": "fine", "coarse_model": out.stem},
-        file=fine_out.name,
-        sha256=sha256_file(fine_out),
-        bytes=fine_out.stat().st_size,
-        outputs=fine_report["outputs"],
-        parity=fine_report,
-        **common,
+
+    def graph_card(graph_name: str, path: Path, report: dict[str, Any], stage: dict[str, str]) -> ModelCard:
+        """The card of one exported graph (`path`), written beside it."""
+        card = ModelCard(
+            name=graph_name,
+            codec_params={**params, **stage},
+            file=path.name,
+            sha256=sha256_file(path),
+            bytes=path.stat().st_size,
+            outputs=report["outputs"],
+            parity=report,
+            **common,
+        )
+        write_card(path.with_suffix(".json"), card)
+        return card
+
+    fine_card = graph_card(fine_name(out.stem), fine_out, fine_report, {"stage": "fine", "coarse_model": out.stem})
+    return graph_card(
+        name,
+        out,
+        coarse_report,
+        {"stage": "coarse", "fine_model": fine_card.name, "fine_sha256": fine_card.sha256},
     )
-    write_card(fine_out.with_suffix(".json"), fine_card)
-    card = ModelCard(
-        name=name,
-        codec_params={**params, "stage": "coarse", "fine_model": fine_card.name, "fine_sha256": fine_card.sha256},
-        file=out.name,
-        sha256=sha256_file(out),
-        bytes=out.stat().st_size,
-        outputs=coarse_report["outputs"],
-        parity=coarse_report,
-        **common,
-    )
-    write_card(out.with_suffix(".json"), card)
-    return card

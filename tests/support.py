@@ -10,7 +10,7 @@ import random
 import re
 import struct
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +25,7 @@ from PIL import Image
 
 from loadtest.fleet import fleet_available
 from loadtest.topdown_frames import paste_people
+from models.transforms import Letterbox
 from service.api import create_app
 from service.config import Settings
 from service.spawn import spawned_server
@@ -60,6 +61,25 @@ def camera_video(name: str = "cam01.mp4") -> Path:
     if not video.is_file():
         skip_unless_ci(f"{video} not found (set POSESERVE_SHARED_DIR)")
     return video
+
+
+class PixelCountDetector:
+    """A stand-in detector: a frame's first pixel says how many people it holds, ``layout(n)`` gives
+    their boxes (x1, y1, x2, y2), each scoring 0.9. Its model input is that one value."""
+
+    name = "fake-detector"
+    input_size = 8
+
+    def __init__(self, layout: Callable[[int], np.ndarray]) -> None:
+        self.layout = layout
+
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        geometry = Letterbox(8, 1.0, 1.0, 0.0, 0.0, (image_rgb.shape[1], image_rgb.shape[0]))
+        return np.full((1,), image_rgb[0, 0, 0], np.float32), geometry
+
+    def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray]:
+        n = int(outputs[0][0])
+        return self.layout(n), np.full(n, 0.9, np.float32)
 
 
 def linked_store(folder: Path, source: Path, *names: str) -> Path:

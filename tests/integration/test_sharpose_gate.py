@@ -18,10 +18,10 @@ from models.pipelines.sharpose import CoarseHeatmapCodec, GatedCropPose
 from models.pipelines.topdown import make_crops
 from models.registry import backend as catalogue_backend
 from models.runtime import OrtModel
-from models.transforms import Letterbox
 from service.backends.gated import GatedTopDownBackend
 from service.config import BackendSettings, TopDownSettings
 from service.metrics import Metrics
+from tests.support import PixelCountDetector
 
 pytestmark = [pytest.mark.integration, pytest.mark.train]
 
@@ -49,20 +49,6 @@ def test_both_graphs_match_pytorch_at_batch_1_and_8(graphs: tuple[Path, Path, di
         assert set(report["max_abs_diff"]) == {"batch1", "batch8"}
         assert max(report["max_abs_diff"].values()) < 1e-4, report["max_abs_diff"]
         assert all(isinstance(t["shape"][0], str) for t in [*report["inputs"], *report["outputs"]])
-
-
-class FakeDetector:
-    """The frame's first pixel says how many people it holds; boxes sit side by side."""
-
-    name = "fake-detector"
-    input_size = 8
-
-    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        geometry = Letterbox(8, 1.0, 1.0, 0.0, 0.0, (image_rgb.shape[1], image_rgb.shape[0]))
-        return np.full((1,), image_rgb[0, 0, 0], np.float32), geometry
-
-    def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray]:
-        return boxes(int(outputs[0][0])), np.full(int(outputs[0][0]), 0.9, np.float32)
 
 
 class EchoSession:
@@ -97,7 +83,7 @@ def serve(graphs: tuple[Path, Path, object], threshold: float) -> tuple[list[np.
     settings = BackendSettings(max_batch=8, max_wait_ms=20, quality_threshold=threshold)
     backend = GatedTopDownBackend(
         catalogue_backend("sharpose-s"),
-        detector=FakeDetector(),  # type: ignore[arg-type]
+        detector=PixelCountDetector(boxes),  # type: ignore[arg-type]
         pose=pose(),
         det_sessions=[EchoSession()],
         pose_sessions=[OrtModel(coarse, providers=("cpu",), intra_op_threads=1)],

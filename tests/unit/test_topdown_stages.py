@@ -10,32 +10,20 @@ import pytest
 from prometheus_client import generate_latest
 
 from models.registry import backend as catalogue_backend
-from models.transforms import Letterbox
 from service.backends import TopDownBackend
 from service.config import BackendSettings, TopDownSettings
 from service.errors import QueueFullError
 from service.metrics import Metrics
-from tests.support import metric_samples
+from tests.support import PixelCountDetector, metric_samples
 
 pytestmark = pytest.mark.unit
 
 POSE_MAX_BATCH = 8
 
 
-class FakeDetector:
-    """The frame's first pixel says how many people it holds; boxes sit on a grid."""
-
-    name = "fake-detector"
-    input_size = 8
-
-    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        geometry = Letterbox(8, 1.0, 1.0, 0.0, 0.0, (image_rgb.shape[1], image_rgb.shape[0]))
-        return np.full((1,), image_rgb[0, 0, 0], np.float32), geometry
-
-    def postprocess(self, outputs: list[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray]:
-        n = int(outputs[0][0])
-        boxes = np.array([[10 * i, 10, 10 * i + 8, 30] for i in range(n)], np.float32).reshape(-1, 4)
-        return boxes, np.full(n, 0.9, np.float32)
+def grid(n: int) -> np.ndarray:
+    """Boxes side by side, 10 px apart."""
+    return np.array([[10 * i, 10, 10 * i + 8, 30] for i in range(n)], np.float32).reshape(-1, 4)
 
 
 class FakePose:
@@ -78,7 +66,7 @@ def make_backend(metrics: Metrics) -> tuple[TopDownBackend, FakeSession]:
     pose_session = FakeSession(0.01)
     backend = TopDownBackend(
         catalogue_backend("topdown-movenet"),
-        detector=FakeDetector(),
+        detector=PixelCountDetector(grid),
         pose=FakePose(),
         det_sessions=[FakeSession(0.005)],
         pose_sessions=[pose_session],
@@ -130,7 +118,7 @@ def test_full_pose_queue_fails_the_frame_and_frees_its_slots() -> None:
     tight = TopDownSettings(pose_max_queue=16)
     backend = TopDownBackend(
         catalogue_backend("topdown-movenet"),
-        detector=FakeDetector(),
+        detector=PixelCountDetector(grid),
         pose=FakePose(),
         det_sessions=[FakeSession(0.0)],
         pose_sessions=[FakeSession(0.05)],

@@ -61,9 +61,12 @@ def test_a_real_stream_carries_track_ids_and_keeps_no_pixels(
     original = stream_manager._prepare_bgr
 
     def recording_prepare(loaded: LoadedBackend, frame: Frame) -> Prepared:
+        # the pixels as prepare reads them: a stream deleted meanwhile releases the frame, and the
+        # empty array it then holds is a module-wide constant that never dies
+        image = frame.image_bgr
         prepared = original(loaded, frame)
-        arrays = [frame.image_bgr, prepared.tensor, prepared.image_rgb]
-        refs[frame.seq] = [weakref.ref(a) for a in arrays if a is not None]
+        arrays = [image, prepared.tensor, prepared.image_rgb]
+        refs[frame.seq] = [weakref.ref(a) for a in arrays if a is not None and a.size]
         return prepared
 
     monkeypatch.setattr(stream_manager, "_prepare_bgr", recording_prepare)

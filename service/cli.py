@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import cv2
 import typer
@@ -391,6 +391,51 @@ def bench_train_cmd(
     columns = ["model", "input_hw", "batch", "s_per_step", "ms_per_image", "paper_batch", "paper_epochs", "paper_hours"]
     typer.echo(format_table(rows, columns))
     write_json(out, "train", rows, torch_threads=torch.get_num_threads())
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("net")
+def bench_net_cmd(
+    models: Annotated[str, typer.Argument(help="comma-separated seed models, or 'all'")] = "all",
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")] = "cpu",
+    precision: Annotated[str, typer.Option(help="comma-separated: fp32, fp16, bf16")] = "fp32",
+    batch: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1",
+    graphs: Annotated[bool, typer.Option(help="replay a CUDA graph of the forward (CUDA only)")] = False,
+    channels_last: Annotated[bool, typer.Option(help="NHWC weights and input (what training uses)")] = True,
+    iters: Annotated[int, typer.Option(help="timed forwards per row (after 10 untimed)")] = 50,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("bench-results/net.json"),
+) -> None:
+    """Forward latency of the seed networks in PyTorch (random weights, input already on the
+    device, nothing before or after the network): the figure the papers report."""
+    import torch
+
+    from models.export import SEED_MODELS
+    from models.netbench import DTYPES, NetPrecision, forward_times
+
+    names = sorted(SEED_MODELS) if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    problem = next((f"unknown seed model {n!r}" for n in names if n not in SEED_MODELS), None)
+    problem = problem or next((f"unknown precision {p!r}" for p in precisions if p not in DTYPES), None)
+    if problem is None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        problem = f"{device}: PyTorch sees no CUDA device here"
+    if problem is None and graphs and torch.device(device).type != "cuda":
+        problem = "--graphs needs a CUDA device"
+    if problem is not None:
+        typer.echo(problem, err=True)
+        raise typer.Exit(2)
+    rows = forward_times(
+        names,
+        device=device,
+        precisions=cast("list[NetPrecision]", precisions),
+        batches=_ints(batch),
+        graphs=graphs,
+        iters=iters,
+        channels_last=channels_last,
+    )
+    columns = ["model", "input_hw", "params_m", "precision", "graphs", "batch", "ms_p50", "ms_p90", "img_per_s"]
+    columns += ["error"] if any("error" in r for r in rows) else []
+    typer.echo(format_table(rows, columns))
+    write_json(out, "net", rows, device=rows[0]["device"] if rows else device, torch=torch.__version__)
     typer.echo(f"wrote {out}")
 
 

@@ -100,6 +100,7 @@ class MeasuredStore:
         doc = {"machine": machine_description(), "models": models}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide it from a server running as another user
             with os.fdopen(fd, "w") as f:
                 json.dump(doc, f, indent=2, sort_keys=True)
             os.replace(tmp, self.path)

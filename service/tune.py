@@ -1,11 +1,16 @@
 """``poseserve tune NAME``: measure, on this machine, every usable variant of a model at each batch
-size and each split of the cores into sessions x threads; keep the fastest shape per variant.
+size and each split of the cores into sessions x threads; keep the best shape per variant.
 
-Throughput is images per second with `workers` sessions running at once (one thread each, as the
-engine runs them), each on `max_batch`-row batches; a shape whose median batch time exceeds the
-latency budget is not eligible. The best shape of each variant goes to this machine's
-`MeasuredStore`, where backends loading later find it (explicit settings win over it). Never run
-from tests: the figures are timings.
+Throughput is images per second with `workers` sessions running at once (as the engine runs them),
+each on `max_batch`-row batches; a shape whose median batch time exceeds the latency budget is not
+eligible. The splits use every core once (2 cores: 1x2, 2x1) and also give each of several sessions
+every core (2x2): whether a runtime tolerates that oversubscription only a measurement tells. A lone
+request's latency (batch 1, one session alone, per thread count) is measured beside them. Of the
+eligible shapes within `throughput_tolerance` of a variant's highest throughput, the one with the
+lowest lone-request latency is kept: a server seldom runs at exactly full load, and the decode
+threads and event loop that serving adds beside the model shrink raw differences in throughput.
+The kept shape of each variant goes to this machine's `MeasuredStore`, where backends loading later
+find it (explicit settings win over it). Never run from tests: the figures are timings.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from models.weights import WeightsStore
 from service.backends.variants import usable_variants
 from service.config import BackendSettings
 
-__all__ = ["TuneReport", "core_splits", "tune"]
+__all__ = ["TuneReport", "core_splits", "pick_shape", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +45,16 @@ class TuneReport:
     rows: list[dict[str, Any]]
     """One per (variant, workers, threads, batch): img_per_s, batch_p50_ms, eligible."""
     best: dict[str, dict[str, Any]]
-    """Per variant key (``RUNTIME-PRECISION``): its fastest eligible row."""
+    """Per variant key (``RUNTIME-PRECISION``): its kept row (`pick_shape`)."""
     chosen: str | None
     """The variant a backend would now serve by default (None when nothing was eligible)."""
 
 
 def core_splits(cores: int, settings: BackendSettings) -> list[tuple[int, int]]:
-    """(sessions, threads each) that use every core once; explicit `workers` / `intra_op_threads` win."""
-    splits = [(w, cores // w) for w in range(1, cores + 1) if cores % w == 0]
+    """(sessions, threads each): every split that uses every core once, and each session count
+    above one with every session free to use all cores; explicit `workers` / `intra_op_threads` win."""
+    divisors = [w for w in range(1, cores + 1) if cores % w == 0]
+    splits = [(w, cores // w) for w in divisors] + [(w, cores) for w in divisors if w > 1]
     if "workers" in settings.model_fields_set:
         splits = [(w, t) for w, t in splits if w == settings.workers] or [
             (settings.workers, max(1, cores // settings.workers))
@@ -55,6 +62,17 @@ def core_splits(cores: int, settings: BackendSettings) -> list[tuple[int, int]]:
     if "intra_op_threads" in settings.model_fields_set:
         splits = [(w, settings.intra_op_threads) for w, _ in splits]
     return sorted(set(splits))
+
+
+def pick_shape(rows: Sequence[dict[str, Any]], tolerance: float) -> dict[str, Any] | None:
+    """Of one variant's eligible rows, the one with the lowest ``alone_ms`` among those within
+    ``tolerance`` (a fraction) of the highest ``img_per_s``; ties go to throughput."""
+    eligible = [r for r in rows if r["eligible"]]
+    if not eligible:
+        return None
+    top = max(r["img_per_s"] for r in eligible)
+    close = [r for r in eligible if r["img_per_s"] >= (1.0 - tolerance) * top]
+    return min(close, key=lambda r: (r["alone_ms"], -r["img_per_s"]))
 
 
 def _measure(
@@ -97,6 +115,7 @@ def tune(
     batches: Sequence[int] = (1, 2, 4, 8),
     seconds: float = 1.5,
     latency_budget_ms: float = 100.0,
+    throughput_tolerance: float = 0.1,
     cores: int | None = None,
 ) -> TuneReport:
     """Measure model `name` (single-stage) per usable variant x core split x batch size; record the
@@ -117,7 +136,13 @@ def tune(
     for runtime, precision in usable_variants(store, name, settings):
         key = f"{runtime}-{precision}"
         path = store.require(variant_name(name, runtime, precision)).path
-        for workers, threads in core_splits(cores, settings):
+        splits = core_splits(cores, settings)
+        alone_ms = {  # one batch-1 request, one session alone
+            t: round(_measure(path, runtime, precision, 1, t, row[None], seconds)[1], 2)
+            for t in sorted({t for _, t in splits})
+        }
+        variant_rows = []
+        for workers, threads in splits:
             for size in batches:
                 ips, p50_ms = _measure(path, runtime, precision, workers, threads, np.stack([row] * size), seconds)
                 result = {
@@ -127,15 +152,18 @@ def tune(
                     "max_batch": size,
                     "img_per_s": round(ips, 2),
                     "batch_p50_ms": round(p50_ms, 2),
+                    "alone_ms": alone_ms[threads],
                     "eligible": p50_ms <= latency_budget_ms,
                 }
-                rows.append(result)
+                variant_rows.append(result)
                 logger.info("%s", result)
-                if result["eligible"] and result["img_per_s"] > best.get(key, {}).get("img_per_s", -1.0):
-                    best[key] = result
+        rows += variant_rows
+        if (picked := pick_shape(variant_rows, throughput_tolerance)) is not None:
+            best[key] = picked
     when = datetime.now(UTC).isoformat(timespec="seconds")
     for key, row_best in best.items():
-        figures = {k: row_best[k] for k in ("img_per_s", "max_batch", "workers", "intra_op_threads", "batch_p50_ms")}
+        fields = ("img_per_s", "max_batch", "workers", "intra_op_threads", "batch_p50_ms", "alone_ms")
+        figures = {k: row_best[k] for k in fields}
         measured.record(name, base.card.sha256, key, {**figures, "how": "tune", "at": when})
     chosen = max(best, key=lambda k: best[k]["img_per_s"]) if best else None
     return TuneReport(rows=rows, best=best, chosen=chosen)

@@ -98,6 +98,11 @@ class OvModel:
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            # No pinning: each compiled model would pin its threads from the first core on, not
+            # knowing of the others, so two single-thread workers shared one core (26 img/s for
+            # movenet-multipose bf16 on 2 cores, 54 unpinned); and a pinned thread cannot move away
+            # from the decode threads and the event loop, which the server runs beside it.
+            "ENABLE_CPU_PINNING": False,
         }
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads

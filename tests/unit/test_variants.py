@@ -129,3 +129,33 @@ def test_openvino_absent_is_named_and_never_chosen(store: WeightsStore, monkeypa
 def test_onnxruntime_has_no_bf16() -> None:
     assert "openvino" in (runtime_problem("onnxruntime", "bf16") or "")
     assert runtime_problem("onnxruntime", "int8") is None
+
+
+def _row(workers: int, threads: int, ips: float, alone_ms: float, eligible: bool = True) -> dict[str, object]:
+    return {
+        "workers": workers,
+        "intra_op_threads": threads,
+        "max_batch": 1,
+        "img_per_s": ips,
+        "alone_ms": alone_ms,
+        "eligible": eligible,
+    }
+
+
+def test_core_splits_add_oversubscribed_sessions_unless_set() -> None:
+    from service.tune import core_splits
+
+    assert core_splits(2, BackendSettings()) == [(1, 2), (2, 1), (2, 2)]
+    assert core_splits(4, BackendSettings()) == [(1, 4), (2, 2), (2, 4), (4, 1), (4, 4)]
+    assert core_splits(4, BackendSettings(workers=2)) == [(2, 2), (2, 4)]
+    assert core_splits(4, BackendSettings(intra_op_threads=1)) == [(1, 1), (2, 1), (4, 1)]
+
+
+def test_pick_shape_prefers_a_fast_lone_request_within_the_tolerance() -> None:
+    from service.tune import pick_shape
+
+    rows = [_row(1, 2, 48.0, 23.0), _row(2, 1, 53.5, 36.0), _row(2, 2, 51.4, 23.0), _row(2, 2, 60.0, 20.0, False)]
+    assert pick_shape(rows, 0.1) == rows[2]  # 51.4 >= 0.9 x 53.5 and a lone request takes 23 ms, not 36
+    assert pick_shape(rows, 0.0) == rows[1]  # no tolerance: the most images per second
+    assert pick_shape(rows, 0.5) == rows[2]  # same lone latency as rows[0]: the higher throughput
+    assert pick_shape([rows[3]], 0.1) is None  # nothing eligible

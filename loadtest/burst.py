@@ -4,6 +4,7 @@ requests are reported apart (how fast is a refusal, how long does an answered re
     python -m loadtest.burst                                  # 200 clients x 5 requests, spawned server
     python -m loadtest.burst --url http://127.0.0.1:8000      # a running server (loopback only)
     python -m loadtest.burst --env POSESERVE_BATCHING__MAX_QUEUE_DELAY_MS=250
+    python -m loadtest.burst --floor          # the same burst against a bare 503-only app (loadtest.floor)
 
 The image is a 640x480 JPEG made from a ../shared/data/pose_samples photo. Each client keeps one
 HTTP/1.1 keep-alive connection and speaks it over plain asyncio streams: a generic client library
@@ -19,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -256,6 +258,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if urlsplit(args.url).hostname not in LOOPBACK:
             raise SystemExit("--url must be a loopback address (127.0.0.1, localhost, ::1)")
         raw = burst(args.url)
+    elif args.floor:
+
+        def uvicorn_floor(port: int) -> list[str]:
+            app, host = "loadtest.floor:app", "127.0.0.1"
+            return [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), "--no-access-log"]
+
+        with spawned_server(argv=uvicorn_floor) as (url, _):
+            raw = burst(url)
     else:
         env = {"POSESERVE_LOG_LEVEL": "warning", **dict(kv.split("=", 1) for kv in args.env)}
         with spawned_server(env) as (url, _):
@@ -268,6 +278,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="burst load: answered vs refused latency")
     parser.add_argument("--url", help="a running server on a loopback address; default: spawn one")
+    parser.add_argument(
+        "--floor", action="store_true", help="burst a bare 503-only ASGI app instead (loadtest.floor): the floor"
+    )
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--requests", type=int, default=5, help="per client, back to back")
     parser.add_argument("--backend", default=None)

@@ -43,6 +43,7 @@ class Outcome:
     status: int  # 0: no HTTP answer (connection error or timeout)
     latency_ms: float
     queue_ms: float | None = None  # timing_ms.queue of an answer
+    total_ms: float | None = None  # timing_ms.total of an answer: the route's own time, body read to answer
     retry_after: str | None = None
     error: str | None = None
     message: str = ""
@@ -102,7 +103,8 @@ async def _one(conn: _Connection, request: bytes, timeout_s: float) -> Outcome:
     latency_ms = (time.perf_counter() - started) * 1000
     doc = json.loads(body) if headers.get("content-type", "").startswith("application/json") else {}
     if status == 200:
-        return Outcome(200, latency_ms, queue_ms=doc["timing_ms"]["queue"], sent_at=started)
+        timing = doc["timing_ms"]
+        return Outcome(200, latency_ms, queue_ms=timing["queue"], total_ms=timing["total"], sent_at=started)
     error = doc.get("error", {}) if isinstance(doc, dict) else {}
     code, message = error.get("code"), error.get("message", "")
     return Outcome(
@@ -219,6 +221,7 @@ def summarize(raw: dict[str, Any], clients: int, requests: int) -> dict[str, Any
             }
         )
     queue = [o.queue_ms for o in answered if o.queue_ms is not None]
+    route = [o.total_ms for o in answered if o.total_ms is not None]
     others: dict[str, int] = {}
     for o in outcomes:
         if o.status not in (200, 503):
@@ -233,6 +236,9 @@ def summarize(raw: dict[str, Any], clients: int, requests: int) -> dict[str, Any
         "unfinished_clients": raw["unfinished_clients"],
         "rows": rows,
         "answered_queue_ms": {"p50": _pct(queue, 50), "p99": _pct(queue, 99), "max": max(queue, default=None)},
+        # the answered requests' time inside the route (body, decode, queue, model); the rest of
+        # their latency is spent before it (connection, headers, admission) and sending the answer
+        "answered_route_ms": {"p50": _pct(route, 50), "p99": _pct(route, 99), "max": max(route, default=None)},
         "refused_codes": sorted({str(o.error) for o in refused}),
         "retry_after_values": sorted({str(o.retry_after) for o in refused}),
         "other_outcomes": others,

@@ -75,12 +75,17 @@ class DynamicBatcher(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def submit(self, item: T, *, deadline: float, key: Hashable = None) -> Pending[T]:
-        """Queue `item`; raises `QueueFullError` when `max_queue` items already wait."""
+    def submit(self, item: T, *, deadline: float, key: Hashable = None, since: float | None = None) -> Pending[T]:
+        """Queue `item`; raises `QueueFullError` when `max_queue` items already wait.
+
+        `since` (clock seconds, default now) starts the item's `max_queue_delay_ms`: the time it
+        was admitted, so that reading and decoding its input count against the bound too.
+        """
         if self._size >= self.max_queue:
             raise QueueFullError(f"queue full ({self.max_queue} items waiting)")
         now = self._clock()
-        pending = Pending(item=item, key=key, enqueued_at=now, deadline=deadline, start_by=now + self.max_delay_s)
+        start_by = min(now, now if since is None else since) + self.max_delay_s
+        pending = Pending(item=item, key=key, enqueued_at=now, deadline=deadline, start_by=start_by)
         self._queues.setdefault(key, deque()).append(pending)
         self._size += 1
         return pending
@@ -105,7 +110,8 @@ class DynamicBatcher(Generic[T]):
         return self._remove_where(lambda p: p.deadline <= now)
 
     def expire_delayed(self) -> list[Pending[T]]:
-        """Remove and return every item that has waited `max_queue_delay_ms` (or more)."""
+        """Remove and return every item that has waited `max_queue_delay_ms` (or more) since it was
+        admitted (`submit`'s `since`) without starting."""
         now = self._clock()
         return self._remove_where(lambda p: p.start_by <= now)
 
@@ -139,8 +145,8 @@ class DynamicBatcher(Generic[T]):
             return None
         if self._size >= self.max_batch:
             return oldest
-        earliest_deadline = min(p.deadline for q in self._queues.values() for p in q)
-        return min(oldest + self.max_wait_s, oldest + self.max_delay_s, earliest_deadline)
+        earliest = min(min(p.deadline, p.start_by) for q in self._queues.values() for p in q)
+        return min(oldest + self.max_wait_s, earliest)
 
     def ready(self) -> bool:
         """True when a batch should be released now."""

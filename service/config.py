@@ -42,9 +42,10 @@ class BackendSettings(BaseModel):
         500.0,
         gt=0,
         le=60_000,
-        description="longest an item may wait in the queue before its batch starts: a request that would wait "
-        "longer is refused (503 + Retry-After) before its body is read, and a queued item that did is dropped "
-        "before inference; None = no time bound but the request deadline",
+        description="longest an item may wait from its admission (before its body is read) until its batch "
+        "starts, reading and decoding included: a request that would wait longer is refused (503 + Retry-After) "
+        "before its body is read, and a queued item that did is dropped before inference; None = no time bound "
+        "but the request deadline",
     )
     workers: int = Field(1, ge=1, le=64, description="ORT sessions (one thread each) per stage")
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 = ORT default")

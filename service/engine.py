@@ -7,8 +7,9 @@ that gives up cancels it, which frees its queue slot. Items past their deadline 
 
 Admission (`service.admission`): `admit()` answers, before the caller reads or decodes anything,
 whether a new item would start within `max_queue_delay_ms`, and reserves its slot (a `Ticket`) so
-that concurrent admissions count it. Items that nevertheless wait longer in the queue are dropped
-before inference with `QueueDelayError`. A `submit` without a ticket is admitted the same way.
+that concurrent admissions count it. Items that nevertheless wait longer, from admission (reading
+and decoding their input included) to their batch start, are dropped before inference with
+`QueueDelayError`. A `submit` without a ticket is admitted the same way, and waits from `submit`.
 
 Supervision: a worker thread that dies (an exception escaping its batch loop) fails the items of
 the batch it held with `WorkerLostError` (retryable), and the stage's supervisor thread restarts it
@@ -73,6 +74,8 @@ class Ticket:
     """A slot reserved by `StageRunner.admit`: pass it to `submit`, or `release` it (idempotent)."""
 
     _release: Callable[[Ticket], None]
+    admitted_at: float
+    """the runner's clock at admission: the item's `max_queue_delay_ms` counts from here"""
     held: bool = True
 
     def release(self) -> None:
@@ -223,7 +226,7 @@ class StageRunner(Generic[In, Out, Session]):
             if not decision.admitted:
                 self._metrics.items_dropped_total.labels(**self._labels, reason="overloaded").inc()
                 raise self._refusal(decision)
-        return Ticket(self._release)
+            return Ticket(self._release, admitted_at=self._clock())
 
     def _release(self, ticket: Ticket) -> None:
         with self._cond:
@@ -274,7 +277,8 @@ class StageRunner(Generic[In, Out, Session]):
                     self._metrics.items_dropped_total.labels(**self._labels, reason="overloaded").inc()
                     raise self._refusal(decision)
             try:
-                pending = self._batcher.submit(job, deadline=deadline, key=key)
+                since = ticket.admitted_at if ticket is not None else None
+                pending = self._batcher.submit(job, deadline=deadline, key=key, since=since)
             except QueueFullError:
                 self._metrics.items_dropped_total.labels(**self._labels, reason="overloaded").inc()
                 raise
@@ -317,7 +321,7 @@ class StageRunner(Generic[In, Out, Session]):
             drain_s = self._admission.drain_s(queued=len(self._batcher), workers=self._live_workers())
             drain_s = drain_s if math.isfinite(drain_s) else WORKER_LOST_RETRY_AFTER_S
             error = QueueDelayError(
-                f"{name}: waited max_queue_delay_ms={self.max_queue_delay_ms:g} in the queue without starting; "
+                f"{name}: waited max_queue_delay_ms={self.max_queue_delay_ms:g} since admission without starting; "
                 f"retry in ~{drain_s:.1f} s",
                 retry_after_s=drain_s,
             )

@@ -158,6 +158,24 @@ def test_batcher_drops_items_that_waited_the_queue_delay() -> None:
     assert [p.item for p in b.pop_batch()] == ["b"]  # b has waited 20 ms
 
 
+def test_the_queue_delay_counts_from_admission_when_given() -> None:
+    clock = FakeClock()
+    b: DynamicBatcher[str] = DynamicBatcher(
+        max_batch=4, max_wait_ms=10, max_queue=16, max_queue_delay_ms=50, clock=clock
+    )
+    admitted_at = clock.now
+    clock.advance_ms(45)  # reading and decoding the input
+    b.submit("slow-input", deadline=clock.now + 10, since=admitted_at)
+    assert b.next_event_at() == pytest.approx(admitted_at + 0.050)  # before its batching wait ends
+    clock.advance_ms(5)
+    assert [p.item for p in b.expire_delayed()] == ["slow-input"]
+    b.submit("late", deadline=clock.now + 10, since=clock.now - 0.060)  # over the bound on arrival
+    assert [p.item for p in b.expire_delayed()] == ["late"]
+    b.submit("future", deadline=clock.now + 10, since=clock.now + 1)  # never later than now
+    clock.advance_ms(50)
+    assert [p.item for p in b.expire_delayed()] == ["future"]
+
+
 def test_queue_delay_must_exceed_the_batching_wait() -> None:
     with pytest.raises(ValueError):
         DynamicBatcher(max_batch=4, max_wait_ms=10, max_queue=16, max_queue_delay_ms=10, clock=FakeClock())
@@ -254,6 +272,26 @@ def test_items_that_waited_too_long_never_reach_the_model() -> None:
         session.gate.set()
         r.stop()
     assert session.batches == [[1], [3]]
+    assert dropped(metrics, "queue_delay") == 1
+
+
+def test_a_ticket_whose_input_took_too_long_is_dropped_before_the_model() -> None:
+    clock = FakeClock()
+    session = GatedSession()
+    r, metrics = runner(session, clock, max_queue_delay_ms=100)
+    try:
+        ticket = r.admit()
+        clock.advance_ms(150)  # the body and its decoding took longer than the whole bound
+        late = r.submit(1, deadline=1e12, ticket=ticket)
+        with pytest.raises(QueueDelayError, match="since admission"):
+            late.result(timeout=10)
+        on_time = r.submit(2, deadline=1e12, ticket=r.admit())
+        session.gate.set()
+        assert on_time.result(timeout=10).value == 20
+    finally:
+        session.gate.set()
+        r.stop()
+    assert session.batches == [[2]]
     assert dropped(metrics, "queue_delay") == 1
 
 

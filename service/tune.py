@@ -16,6 +16,7 @@ find it (explicit settings win over it). Never run from tests: the figures are t
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import threading
 import time
@@ -32,12 +33,15 @@ from models.pipelines import build
 from models.pipelines.base import PipelineOptions
 from models.runtimes import Precision, Runtime, open_session, variant_name
 from models.weights import WeightsStore
-from service.backends.variants import usable_variants
+from service.backends.variants import SHAPE_FIELDS, usable_variants
 from service.config import BackendSettings
 
-__all__ = ["TuneReport", "core_splits", "pick_shape", "tune"]
+__all__ = ["AT_LOAD_SECONDS", "TuneReport", "core_splits", "pick_shape", "tune", "tune_if_unmeasured"]
 
 logger = logging.getLogger(__name__)
+
+AT_LOAD_SECONDS = 0.4
+"""Seconds per measurement when a backend tunes itself at load (`tune_if_unmeasured`)."""
 
 
 @dataclass(frozen=True)
@@ -167,3 +171,38 @@ def tune(
         measured.record(name, base.card.sha256, key, {**figures, "how": "tune", "at": when})
     chosen = max(best, key=lambda k: best[k]["img_per_s"]) if best else None
     return TuneReport(rows=rows, best=best, chosen=chosen)
+
+
+def tune_if_unmeasured(store: WeightsStore, name: str, settings: BackendSettings) -> TuneReport | None:
+    """`tune` single-stage model `name` briefly when nothing is measured for this copy of it on this
+    machine, so that the backend about to load serves a measured shape (`Settings.tune_at_load`).
+
+    None when it did not run: measurements exist, every shape field is set explicitly, the store is
+    read-only (the result could not be kept), the machine has an NVIDIA GPU (`tune` measures CPU
+    sessions), or the measurement failed (logged; the backend then loads with its settings).
+    """
+    if registry.MODELS[name].kind != "single-stage" or all(f in settings.model_fields_set for f in SHAPE_FIELDS):
+        return None
+    base = store.require(name)
+    if MeasuredStore(store.model_dir).variants(name, base.card.sha256):
+        return None
+    if machine_description()["nvidia"]:
+        return None
+    if not os.access(store.model_dir, os.W_OK):
+        logger.info(
+            "%s: nothing measured here and %s is read-only; run `poseserve tune %s`", name, store.model_dir, name
+        )
+        return None
+    started = time.monotonic()
+    try:
+        report = tune(store, name, settings, seconds=AT_LOAD_SECONDS)
+    except Exception:  # a measurement must never keep the backend from loading
+        logger.exception("%s: tuning at load failed; loading with the configured shape", name)
+        return None
+    for key, row in report.best.items():
+        logger.info(
+            "%s: tuned at load in %.1f s: %s at max_batch=%d workers=%d intra_op_threads=%d (%.1f img/s)",
+            name, time.monotonic() - started, key, row["max_batch"], row["workers"], row["intra_op_threads"],
+            row["img_per_s"],
+        )  # fmt: skip
+    return report

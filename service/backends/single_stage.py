@@ -55,7 +55,12 @@ class SingleStageBackend(LoadedBackend):
 
     @classmethod
     def load(cls, entry: ModelEntry, settings: Settings, store: WeightsStore, metrics: Metrics) -> SingleStageBackend:
-        choice = choose_variant(store, entry.name, settings.backend(entry.backend or entry.name))
+        backend_settings = settings.backend(entry.backend or entry.name)
+        if settings.tune_at_load:
+            from service.tune import tune_if_unmeasured  # here: service.tune imports this package
+
+            tune_if_unmeasured(store, entry.name, backend_settings)
+        choice = choose_variant(store, entry.name, backend_settings)
         bs, stored = choice.settings, choice.stored
         return cls(
             entry,

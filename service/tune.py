@@ -10,7 +10,8 @@ eligible shapes within `throughput_tolerance` of a variant's highest throughput,
 lowest lone-request latency is kept: a server seldom runs at exactly full load, and the decode
 threads and event loop that serving adds beside the model shrink raw differences in throughput.
 The kept shape of each variant goes to this machine's `MeasuredStore`, where backends loading later
-find it (explicit settings win over it). Never run from tests: the figures are timings.
+find it (explicit settings win over it). Tests run it only to check what it keeps and records,
+never its figures, which are timings.
 """
 
 from __future__ import annotations

@@ -47,7 +47,12 @@ class BackendSettings(BaseModel):
         "before its body is read, and a queued item that did is dropped before inference; None = no time bound "
         "but the request deadline",
     )
-    workers: int = Field(1, ge=1, le=64, description="ORT sessions (one thread each) per stage")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="sessions per stage, each run by its own worker thread (with `intra_op_threads` threads inside)",
+    )
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 = ORT default")
     providers: tuple[Provider, ...] = ("cuda", "cpu")
     fp16: bool = False

@@ -180,7 +180,8 @@ def tune_if_unmeasured(store: WeightsStore, name: str, settings: BackendSettings
 
     None when it did not run: measurements exist, every shape field is set explicitly, the store is
     read-only (the result could not be kept), the machine has an NVIDIA GPU (`tune` measures CPU
-    sessions), or the measurement failed (logged; the backend then loads with its settings).
+    sessions), or the measurement failed (logged; the backend then loads with its settings). A
+    shape is eligible when its batch time stays within the backend's `max_queue_delay_ms`.
     """
     if registry.MODELS[name].kind != "single-stage" or all(f in settings.model_fields_set for f in SHAPE_FIELDS):
         return None
@@ -195,8 +196,10 @@ def tune_if_unmeasured(store: WeightsStore, name: str, settings: BackendSettings
         )
         return None
     started = time.monotonic()
+    # a batch may take as long as the backend lets an image wait: its own bound, not the CLI's default
+    budget_ms = settings.max_queue_delay_ms if settings.max_queue_delay_ms is not None else 1000.0
     try:
-        report = tune(store, name, settings, seconds=AT_LOAD_SECONDS)
+        report = tune(store, name, settings, seconds=AT_LOAD_SECONDS, latency_budget_ms=budget_ms)
     except Exception:  # a measurement must never keep the backend from loading
         logger.exception("%s: tuning at load failed; loading with the configured shape", name)
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from models.measured import MeasuredStore
+from models.measured import MeasuredStore, machine_description
 from models.weights import WeightsStore
 from service.api import create_app
 from service.config import BackendSettings, Settings
@@ -30,11 +30,12 @@ def _load(settings: Settings) -> BackendSettings:
     return asyncio.run(scenario())
 
 
+@pytest.mark.skipif(machine_description()["nvidia"], reason="a GPU machine does not tune at load (CPU-only measure)")
 def test_a_backend_tunes_once_when_nothing_is_measured(tmp_path: Path, model_dir: Path) -> None:
     store = linked_store(tmp_path / "store", model_dir, MODEL)
     measured = MeasuredStore(store)
     sha = WeightsStore(store).require(MODEL).card.sha256
-    settings = Settings(model_dir=store, tune_at_load=True, batching=BackendSettings(max_batch=2))
+    settings = Settings(model_dir=store, tune_at_load=True, batching=BackendSettings(max_batch=1))
     assert measured.variants(MODEL, sha) == {}
 
     served = _load(settings)
@@ -43,7 +44,7 @@ def test_a_backend_tunes_once_when_nothing_is_measured(tmp_path: Path, model_dir
     assert "onnxruntime-fp32" in kept and kept["onnxruntime-fp32"]["how"] == "tune"
     fastest = max(kept.values(), key=lambda f: f["img_per_s"])
     assert (served.max_batch, served.workers, served.intra_op_threads) == (
-        2,  # explicit: measured at 2 only
+        1,  # explicit: measured at 1 only
         fastest["workers"],
         fastest["intra_op_threads"],
     )

@@ -84,7 +84,7 @@ class DynamicBatcher(Generic[T]):
         if self._size >= self.max_queue:
             raise QueueFullError(f"queue full ({self.max_queue} items waiting)")
         now = self._clock()
-        start_by = min(now, now if since is None else since) + self.max_delay_s
+        start_by = (now if since is None else min(since, now)) + self.max_delay_s
         pending = Pending(item=item, key=key, enqueued_at=now, deadline=deadline, start_by=start_by)
         self._queues.setdefault(key, deque()).append(pending)
         self._size += 1

@@ -269,15 +269,16 @@ class StageRunner(Generic[In, Out, Session]):
                     self._consume(ticket)
                 job.future.cancel()
                 return job.future
+            since = None  # an item admitted now waits from now
             if ticket is not None and ticket.held:
                 self._consume(ticket)
+                since = ticket.admitted_at
             else:
                 decision = self._admission.decide(queued=len(self._batcher), workers=self._live_workers())
                 if not decision.admitted:
                     self._metrics.items_dropped_total.labels(**self._labels, reason="overloaded").inc()
                     raise self._refusal(decision)
             try:
-                since = ticket.admitted_at if ticket is not None else None
                 pending = self._batcher.submit(job, deadline=deadline, key=key, since=since)
             except QueueFullError:
                 self._metrics.items_dropped_total.labels(**self._labels, reason="overloaded").inc()

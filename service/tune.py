@@ -183,7 +183,7 @@ def tune_if_unmeasured(store: WeightsStore, name: str, settings: BackendSettings
     sessions), or the measurement failed (logged; the backend then loads with its settings). A
     shape is eligible when its batch time stays within the backend's `max_queue_delay_ms`.
     """
-    if registry.MODELS[name].kind != "single-stage" or all(f in settings.model_fields_set for f in SHAPE_FIELDS):
+    if all(f in settings.model_fields_set for f in SHAPE_FIELDS):
         return None
     base = store.require(name)
     if MeasuredStore(store.model_dir).variants(name, base.card.sha256):

@@ -135,7 +135,8 @@ class CameraWorker:
             await self._renew()
         await self._take(specs)
         streams = self._settings.streams
-        if streams.preview_enabled and not streams.skeleton_only and now - self._preview_at >= 1 / streams.preview_fps:
+        previews_on = preview_refusal(streams, skeleton_only=False) is None  # per stream: `_publish_previews`
+        if previews_on and now - self._preview_at >= 1 / streams.preview_fps:
             self._preview_at = now
             await self._publish_previews()
         if now - self._info_at >= INFO_PERIOD_S:

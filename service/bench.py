@@ -117,6 +117,7 @@ async def _http_level(
     url: str, image: bytes, content_type: str, concurrency: int, seconds: float, headers: dict[str, str]
 ) -> dict[str, Any]:
     latencies_ms: list[float] = []
+    inference_ms: list[float] = []  # the server's own model time per answer (`timing_ms.inference`)
     errors: dict[str, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
@@ -129,6 +130,7 @@ async def _http_level(
                 r = await client.post(url, content=image, headers={"content-type": content_type, **headers})
                 if r.status_code == 200:
                     latencies_ms.append((time.perf_counter() - t) * 1000)
+                    inference_ms.append(r.json()["timing_ms"]["inference"])
                 else:
                     errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
 
@@ -141,6 +143,7 @@ async def _http_level(
         "errors": errors,
         "latency_p50_ms": round(percentile(latencies_ms, 50), 2),
         "latency_p99_ms": round(percentile(latencies_ms, 99), 2),
+        "inference_p50_ms": round(percentile(inference_ms, 50), 2),
         "throughput_rps": round(len(latencies_ms) / elapsed, 2),
     }
 

@@ -151,11 +151,21 @@ def test_core_splits_add_oversubscribed_sessions_unless_set() -> None:
     assert core_splits(4, BackendSettings(intra_op_threads=1)) == [(1, 1), (2, 1), (4, 1)]
 
 
-def test_pick_shape_prefers_a_fast_lone_request_within_the_tolerance() -> None:
+def test_pick_shape_prefers_a_much_faster_lone_request_within_the_tolerance() -> None:
     from service.tune import pick_shape
 
-    rows = [_row(1, 2, 48.0, 23.0), _row(2, 1, 53.5, 36.0), _row(2, 2, 51.4, 23.0), _row(2, 2, 60.0, 20.0, False)]
-    assert pick_shape(rows, 0.1) == rows[2]  # 51.4 >= 0.9 x 53.5 and a lone request takes 23 ms, not 36
+    rows = [_row(1, 2, 48.0, 23.0), _row(2, 1, 53.5, 36.0), _row(2, 2, 51.4, 23.5), _row(2, 2, 60.0, 20.0, False)]
+    assert pick_shape(rows, 0.1) == rows[2]  # 51.4 >= 0.9 x 53.5 and a lone request takes 23.5 ms, not 36
     assert pick_shape(rows, 0.0) == rows[1]  # no tolerance: the most images per second
-    assert pick_shape(rows, 0.5) == rows[2]  # same lone latency as rows[0]: the higher throughput
+    assert pick_shape(rows, 0.3) == rows[2]  # rows[0] and [2] both answer alone much faster: more img/s
+    assert pick_shape(rows, 0.5) == rows[1]  # no lone request within half of 36 ms
     assert pick_shape([rows[3]], 0.1) is None  # nothing eligible
+
+
+def test_pick_shape_keeps_throughput_over_a_lone_request_within_the_noise() -> None:
+    from service.tune import pick_shape
+
+    rows = [_row(1, 2, 42.1, 23.9), _row(2, 1, 46.0, 42.0), _row(2, 2, 44.3, 24.0)]
+    assert pick_shape(rows, 0.1) == rows[2]  # 23.9 vs 24.0 ms is noise: the more img/s of the two
+    close = [_row(2, 2, 44.3, 38.0), _row(1, 2, 45.0, 40.0)]
+    assert pick_shape(close, 0.1) == close[1]  # 38 ms is not 10 % faster than 40: the most img/s

@@ -204,11 +204,11 @@ class Settings(BaseSettings):
     tune_at_load: bool = Field(
         False,
         description="when a single-stage backend loads and nothing is measured for its model on this machine, "
-        "first measure its batch shapes (`poseserve tune` at 0.4 s a shape: about 10-20 s on 2 cores) and keep "
+        "first measure its batch shapes on bare sessions (0.4 s a shape: about 10-20 s on 2 cores) and keep "
         "them in the weights store (measured/); skipped on a read-only store, on a GPU machine (the measurement "
         "is CPU-only) and when max_batch, workers and intra_op_threads are all set. Off by default: such short "
         "measurements are noisy, and on a 2-core CPU they chose between two fp32 shapes that differ 2x in a "
-        "lone request's latency from one start to the next; `poseserve tune` (1.5 s a shape) is the sure way",
+        "lone request's latency from one start to the next; `poseserve tune` (each shape served) is the sure way",
     )
     malloc_arenas: int | None = Field(
         2,

@@ -103,7 +103,14 @@ def _measure(
 ) -> tuple[float, float]:
     """(images per second, median batch ms) of `workers` sessions running `batch` at once."""
     sessions = [
-        open_session(path, runtime=runtime, precision=precision, providers=("cpu",), intra_op_threads=threads)
+        open_session(
+            path,
+            runtime=runtime,
+            precision=precision,
+            providers=("cpu",),
+            intra_op_threads=threads,
+            static_input=batch.shape if len(batch) == 1 else None,  # as a backend at max_batch 1 runs
+        )
         for _ in range(workers)
     ]
     for session in sessions:

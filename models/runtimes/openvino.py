@@ -93,7 +93,11 @@ def cpu_capabilities() -> tuple[str, ...]:
 class OvModel:
     """One compiled model and its infer request. Not thread-safe: one `OvModel` per worker thread."""
 
-    def __init__(self, path: Path, *, precision: str = "fp32", threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, *, precision: str = "fp32", threads: int = 0, static_input: tuple[int, ...] | None = None
+    ) -> None:
+        """`static_input`: compile for exactly this shape of the first input (else the file's own,
+        dynamic, axes); the session then runs nothing else."""
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -109,6 +113,8 @@ class OvModel:
         self.path = path
         self.precision = precision
         model = _core().read_model(str(path))
+        if static_input is not None:
+            model.reshape({0: ov.PartialShape(list(static_input))})
         # the ONNX output names (a compiled model's outputs carry more aliases than the graph's own)
         self.output_names: list[str] = [r.get_friendly_name().removesuffix("/sink_port_0") for r in model.get_results()]
         parts = split_heads(model) if precision == "bf16" else None

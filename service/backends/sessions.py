@@ -28,13 +28,16 @@ def load_sessions(
     spinning: bool,
     runtime: Runtime | None = None,
     precision: Precision = "fp32",
+    row_shape: tuple[int, ...] | None = None,
 ) -> list[Session]:
     """`settings.workers` sessions of the ONNX file at `path` (one per worker thread), on `runtime`
     (None: `settings.runtime`, else ONNX Runtime) at `precision` (`settings.fp16`: fp16).
 
     `spinning` is the default for idle ORT threads busy-waiting, unless `settings.ort_spinning`
-    says otherwise. The sessions' threads run `settings.worker_nice` levels below the caller. A
-    file that cannot be loaded raises `BackendUnavailableError`.
+    says otherwise. `row_shape` (one input row, the batch axis left out) with `max_batch` 1: the
+    runtime may compile for exactly that input (`open_session`'s `static_input`). The sessions'
+    threads run `settings.worker_nice` levels below the caller. A file that cannot be loaded
+    raises `BackendUnavailableError`.
     """
     if settings.ort_spinning is not None:
         spinning = settings.ort_spinning
@@ -48,6 +51,7 @@ def load_sessions(
                 providers=settings.providers,
                 intra_op_threads=settings.intra_op_threads,
                 allow_spinning=spinning,
+                static_input=(1, *row_shape) if row_shape is not None and settings.max_batch == 1 else None,
             )
             for _ in range(settings.workers)
         ]

@@ -48,8 +48,7 @@ class SingleStageBackend(LoadedBackend):
             "pose", settings, sessions, self._run_batch, metrics
         )
         self.runners = [self.runner]
-        blank = np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8)
-        for size, seconds in warm_up(sessions, pipeline.preprocess(blank)[0], settings.max_batch).items():
+        for size, seconds in warm_up(sessions, _blank_row(pipeline), settings.max_batch).items():
             self.runner.seed_batch_time(size, seconds)
         self.runner.start()
 
@@ -62,11 +61,18 @@ class SingleStageBackend(LoadedBackend):
             tune_if_unmeasured(store, entry.name, backend_settings)
         choice = choose_variant(store, entry.name, backend_settings)
         bs, stored = choice.settings, choice.stored
+        pipeline = build.single_stage(entry, stored.card, PipelineOptions(input_size=bs.input_size))
         return cls(
             entry,
-            pipeline=build.single_stage(entry, stored.card, PipelineOptions(input_size=bs.input_size)),
+            pipeline=pipeline,
             sessions=load_sessions(
-                stored.path, bs, entry.name, spinning=True, runtime=choice.runtime, precision=choice.precision
+                stored.path,
+                bs,
+                entry.name,
+                spinning=True,
+                runtime=choice.runtime,
+                precision=choice.precision,
+                row_shape=_blank_row(pipeline).shape,
             ),
             settings=bs,
             metrics=metrics,
@@ -92,3 +98,8 @@ class SingleStageBackend(LoadedBackend):
         self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
         return await await_result(self.runner.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
+
+
+def _blank_row(pipeline: SingleStage) -> np.ndarray:
+    """The model input of a black image of the pipeline's input size."""
+    return pipeline.preprocess(np.zeros((pipeline.input_size, pipeline.input_size, 3), np.uint8))[0]

@@ -112,6 +112,7 @@ class OvModel:
             config["INFERENCE_NUM_THREADS"] = threads
         self.path = path
         self.precision = precision
+        self.static_input = static_input
         model = _core().read_model(str(path))
         if static_input is not None:
             model.reshape({0: ov.PartialShape(list(static_input))})

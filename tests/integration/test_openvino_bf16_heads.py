@@ -1,10 +1,13 @@
-"""OpenVINO bf16 keeps the heads in fp32 (`models.runtimes.openvino.split_heads`).
+"""OpenVINO sessions: bf16 keeps the heads in fp32 (`models.runtimes.openvino.split_heads`), and a
+backend at `max_batch` 1 compiles for its exact input shape.
 
 - a small graph (a trunk of three convolutions feeding two heads) is cut where its two outputs part,
   and trunk + heads compute what the whole graph computes; a plain chain is not cut;
 - the real movenet-multipose: the bf16 session is cut at the feature map all six heads read, and its
   pose_samples keypoint AP stays within the default 0.01 budget of fp32 (the whole graph in bf16
-  lost 0.0108 on this CPU). Where the CPU has no bf16, the hint runs fp32 and the delta is 0.
+  lost 0.0108 on this CPU). Where the CPU has no bf16, the hint runs fp32 and the delta is 0;
+- a session compiled for a static input computes what the file's dynamic axes compute, runs no other
+  shape, and is what `load_sessions` opens at `max_batch` 1 only.
 """
 
 from __future__ import annotations
@@ -89,3 +92,30 @@ def test_movenet_bf16_keeps_heads_fp32_within_the_ap_budget(ov: Any, model_dir: 
         fp32_ap, bf16_ap = keypoint_ap(fp32, pipeline, samples)["AP"], keypoint_ap(bf16, pipeline, samples)["AP"]
     logger.info("pose_samples keypoint AP: fp32 %.4f, bf16 with fp32 heads %.4f", fp32_ap, bf16_ap)
     assert bf16_ap - fp32_ap >= -DEFAULT_MAX_AP_DROP, (fp32_ap, bf16_ap)
+
+
+def test_a_static_input_session_computes_what_the_dynamic_one_does(
+    ov: Any, model_dir: Path, pose_sample_images: list[Path]
+) -> None:
+    from models.optimize import read_rgb
+    from service.backends.sessions import load_sessions
+    from service.config import BackendSettings
+
+    path = model_dir / "movenet-multipose.onnx"
+    pipeline = build.single_stage(registry.MODELS["movenet-multipose"], None, PipelineOptions())
+    row = pipeline.preprocess(read_rgb(pose_sample_images[0]))[0]
+    dynamic = open_session(path, runtime="openvino", providers=("cpu",), intra_op_threads=1)
+    static = open_session(
+        path, runtime="openvino", providers=("cpu",), intra_op_threads=1, static_input=(1, *row.shape)
+    )
+    for a, b in zip(static.run(row[None]), dynamic.run(row[None]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError):
+        static.run(np.stack([row, row]))
+
+    def opened(max_batch: int) -> Any:
+        settings = BackendSettings(runtime="openvino", workers=1, intra_op_threads=1, max_batch=max_batch)
+        return load_sessions(path, settings, "movenet-multipose", spinning=False, row_shape=row.shape)[0]
+
+    assert opened(1).static_input == (1, *row.shape)
+    assert opened(2).static_input is None

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import httpx
@@ -30,14 +30,17 @@ def spawned_server(
     log: IO[str] | None = None,
     ready_timeout_s: float = 120.0,
     argv: Callable[[int], list[str]] | None = None,
+    unset: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """(base url, process) once /readyz answers 200; terminated (then killed) on exit.
 
-    `env` adds POSESERVE_* settings to this process's environment; output goes to `log`. `argv`
-    (given the port) starts another server in its place, e.g. a bare ASGI app under uvicorn.
+    `env` adds POSESERVE_* settings to this process's environment, less the variables in `unset`;
+    output goes to `log`. `argv` (given the port) starts another server in its place, e.g. a bare
+    ASGI app under uvicorn.
     """
     port = free_port()
-    full_env = {**os.environ, **(env or {}), "POSESERVE_HOST": "127.0.0.1", "POSESERVE_PORT": str(port)}
+    inherited = {k: v for k, v in os.environ.items() if k not in unset}
+    full_env = {**inherited, **(env or {}), "POSESERVE_HOST": "127.0.0.1", "POSESERVE_PORT": str(port)}
     proc = subprocess.Popen(
         argv(port) if argv is not None else [sys.executable, "-m", "service", "serve"],
         env=full_env,

@@ -136,12 +136,17 @@ def _measure(
     return len(times) * len(batch) / elapsed, statistics.median(times) * 1000
 
 
+_NOT_MEASURED = ("POSESERVE_API_KEYS", "POSESERVE_API_KEY_FILE", "POSESERVE_REDIS_URL")
+"""Settings of this process's environment the measuring server goes without: it answers its own
+load (no keys) and runs the model itself (no Redis)."""
+
+
 def _served(
     store: WeightsStore, name: str, settings: BackendSettings, shape: dict[str, Any], image: bytes, seconds: float
 ) -> tuple[float, float, float]:
     """(requests per second, median model ms, a lone request's median ms) of backend `name` served
     by a server of its own at `shape` (runtime, precision and the `SHAPE_FIELDS` over `settings`),
-    started with this process's environment on `store`: see the module doc."""
+    started with this process's environment on `store`, less `_NOT_MEASURED`: see the module doc."""
     clients = max(8, 2 * shape["workers"] * shape["max_batch"])
     pinned = {**settings.model_dump(mode="json", exclude_unset=True), **shape}
     pinned["max_queue"] = max(settings.max_queue, clients)
@@ -154,7 +159,7 @@ def _served(
     }
     with tempfile.TemporaryFile("w+") as log:
         try:
-            with spawned_server(env, log=log) as (url, _):
+            with spawned_server(env, log=log, unset=_NOT_MEASURED) as (url, _):
                 loaded, lone = bench_http(url, image, concurrency=(clients, 1), seconds=seconds, backend=name)
         except RuntimeError as exc:
             log.seek(0)

@@ -21,8 +21,9 @@ MODEL = "movenet-multipose"
 
 
 def test_tune_serves_every_shape_and_keeps_the_picked_one(
-    tmp_path: Path, model_dir: Path, pose_sample_images: list[Path]
+    tmp_path: Path, model_dir: Path, pose_sample_images: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("POSESERVE_API_KEYS", "a-key-the-load-does-not-send")  # the measuring server runs without
     store = linked_store(tmp_path / "store", model_dir, MODEL)
     settings = Settings(model_dir=store, preload=())
     weights = WeightsStore(store)

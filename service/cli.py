@@ -288,7 +288,7 @@ def tune_cmd(
     """Measure every usable runtime x precision x batch size x split of the cores here, each shape
     served by a server of its own under closed-loop HTTP load; record the best shape per variant
     (backends loading later use it unless set explicitly)."""
-    from service.tune import tune
+    from service.tune import best_throughput, tune
 
     settings = _settings()
     report = tune(
@@ -304,7 +304,8 @@ def tune_cmd(
     columns = ["variant", "workers", "intra_op_threads", "max_batch", "img_per_s", "batch_p50_ms", "alone_ms"]
     typer.echo(format_table(report.rows, [*columns, "eligible"]))
     for key, row in sorted(report.best.items(), key=lambda kv: -kv[1]["img_per_s"]):
-        top = max((r for r in report.rows if r["variant"] == key and r["eligible"]), key=lambda r: r["img_per_s"])
+        top = best_throughput([r for r in report.rows if r["variant"] == key])
+        assert top is not None  # `row` was kept, so the variant has an eligible row
         why = (
             "the most images per second"
             if row == top

@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,7 +50,15 @@ from service.bench import bench_http
 from service.config import BackendSettings
 from service.spawn import spawned_server
 
-__all__ = ["AT_LOAD_SECONDS", "TuneReport", "core_splits", "pick_shape", "tune", "tune_if_unmeasured"]
+__all__ = [
+    "AT_LOAD_SECONDS",
+    "TuneReport",
+    "best_throughput",
+    "core_splits",
+    "pick_shape",
+    "tune",
+    "tune_if_unmeasured",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +90,21 @@ def core_splits(cores: int, settings: BackendSettings) -> list[tuple[int, int]]:
     return sorted(set(splits))
 
 
+def best_throughput(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of one variant's eligible rows, the one with the highest ``img_per_s`` (ties: the faster lone
+    request); None when none is eligible."""
+    return max((r for r in rows if r["eligible"]), key=lambda r: (r["img_per_s"], -r["alone_ms"]), default=None)
+
+
 def pick_shape(rows: Sequence[dict[str, Any]], tolerance: float) -> dict[str, Any] | None:
     """Of one variant's eligible rows, the one with the highest ``img_per_s``, unless some within
     ``tolerance`` (a fraction) of that throughput answer a lone request faster by more than the same
     fraction: then the one of those with the highest throughput. A lone request a few percent
     faster is noise in these measurements, not a reason to give up throughput."""
-    eligible = [r for r in rows if r["eligible"]]
-    if not eligible:
+    top = best_throughput(rows)
+    if top is None:
         return None
-    top = max(eligible, key=lambda r: (r["img_per_s"], -r["alone_ms"]))
+    eligible = [r for r in rows if r["eligible"]]
     keep = 1.0 - tolerance
     faster = [
         r for r in eligible if r["img_per_s"] >= keep * top["img_per_s"] and r["alone_ms"] < keep * top["alone_ms"]
@@ -169,6 +183,41 @@ def _served(
     return loaded["throughput_rps"], loaded["inference_p50_ms"], lone["latency_p50_ms"]
 
 
+Measure = Callable[[Runtime, Precision, int, int, int], tuple[float, float, float]]
+"""(runtime, precision, workers, threads, max_batch) -> (img/s, median batch ms, lone request ms)"""
+
+
+def _served_measure(store: WeightsStore, name: str, settings: BackendSettings, image: bytes, seconds: float) -> Measure:
+    def measure(
+        runtime: Runtime, precision: Precision, workers: int, threads: int, size: int
+    ) -> tuple[float, float, float]:
+        shape = {"runtime": runtime, "precision": precision, "workers": workers}
+        return _served(store, name, settings, shape | {"intra_op_threads": threads, "max_batch": size}, image, seconds)
+
+    return measure
+
+
+def _bare_measure(
+    store: WeightsStore, name: str, settings: BackendSettings, image_rgb: np.ndarray | None, seconds: float
+) -> Measure:
+    entry = registry.MODELS[name]
+    pipeline = build.single_stage(entry, store.require(name).card, PipelineOptions(input_size=settings.input_size))
+    row = pipeline.preprocess(image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8))[0]
+    alone_ms: dict[tuple[str, str, int], float] = {}  # a batch-1 request, one session alone, per variant x threads
+
+    def measure(
+        runtime: Runtime, precision: Precision, workers: int, threads: int, size: int
+    ) -> tuple[float, float, float]:
+        path = store.require(variant_name(name, runtime, precision)).path
+        alone = (runtime, precision, threads)
+        if alone not in alone_ms:
+            alone_ms[alone] = _measure(path, runtime, precision, 1, threads, row[None], seconds)[1]
+        ips, p50_ms = _measure(path, runtime, precision, workers, threads, np.stack([row] * size), seconds)
+        return ips, p50_ms, alone_ms[alone]
+
+    return measure
+
+
 def tune(
     store: WeightsStore,
     name: str,
@@ -192,9 +241,11 @@ def tune(
     if entry.kind != "single-stage":
         raise ValueError(f"{name} is {entry.kind}: tune measures single-stage models")
     base = store.require(name)
-    pipeline = build.single_stage(entry, base.card, PipelineOptions(input_size=settings.input_size))
-    image = image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8)
-    row = pipeline.preprocess(image)[0]
+    measure = (
+        _served_measure(store, name, settings, served, seconds)
+        if served is not None
+        else _bare_measure(store, name, settings, image_rgb, seconds)
+    )
     cores = cores or int(machine_description()["cores"])
     if "max_batch" in settings.model_fields_set:
         batches = [settings.max_batch]
@@ -203,21 +254,10 @@ def tune(
     best: dict[str, dict[str, Any]] = {}
     for runtime, precision in usable_variants(store, name, settings):
         key = f"{runtime}-{precision}"
-        path = store.require(variant_name(name, runtime, precision)).path
-        splits = core_splits(cores, settings)
-        bare_alone_ms: dict[int, float] = {}  # one batch-1 request, one session alone, per thread count
         variant_rows = []
-        for workers, threads in splits:
+        for workers, threads in core_splits(cores, settings):
             for size in batches:
-                if served is not None:
-                    shape = {"runtime": runtime, "precision": precision, "workers": workers}
-                    shape |= {"intra_op_threads": threads, "max_batch": size}
-                    ips, p50_ms, alone_ms = _served(store, name, settings, shape, served, seconds)
-                else:
-                    if threads not in bare_alone_ms:
-                        bare_alone_ms[threads] = _measure(path, runtime, precision, 1, threads, row[None], seconds)[1]
-                    ips, p50_ms = _measure(path, runtime, precision, workers, threads, np.stack([row] * size), seconds)
-                    alone_ms = bare_alone_ms[threads]
+                ips, p50_ms, alone_ms = measure(runtime, precision, workers, threads, size)
                 result = {
                     "variant": key,
                     "workers": workers,

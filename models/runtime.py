@@ -79,7 +79,9 @@ class OrtModel:
         intra_op_threads: int = 0,
         fp16: bool = False,
         allow_spinning: bool = True,
+        graph: bytes | None = None,
     ) -> None:
+        """`graph`: a serialized ONNX graph to run instead of the file's own (see `open_session`)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         if not allow_spinning:  # idle intra-op threads sleep instead of busy-waiting for the next run
@@ -89,7 +91,9 @@ class OrtModel:
         options.log_severity_level = 3
         self.path = path
         self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=resolve_providers(providers, fp16=fp16)
+            graph if graph is not None else str(path),
+            sess_options=options,
+            providers=resolve_providers(providers, fp16=fp16),
         )
         self.providers: list[str] = self.session.get_providers()
         inputs = self.session.get_inputs()

@@ -66,6 +66,12 @@ class BackendSettings(BaseModel):
         description="precision variant of a single-stage model (`poseserve models optimize`); None = what measured "
         "fastest on this machine within the AP budget, else fp32. Top-down backends run fp32",
     )
+    sparse_heads: bool = Field(
+        True,
+        description="heads the decoder reads at a few cells only (movenet-multipose: keypoint offsets and "
+        "regressions, box sizes and offsets) are computed at those cells instead of on the whole feature map; "
+        "same results, less model time",
+    )
     ort_spinning: bool | None = Field(
         None,
         description="let idle ORT threads busy-wait; None = on for single-stage backends, off for top-down "

@@ -41,10 +41,9 @@ import numpy as np
 
 from models import registry
 from models.measured import MeasuredStore, machine_description
-from models.pipelines import build
-from models.pipelines.base import PipelineOptions
 from models.runtimes import Precision, Runtime, open_session, variant_name
 from models.weights import WeightsStore
+from service.backends.single_stage import sparse_pipeline
 from service.backends.variants import SHAPE_FIELDS, usable_variants
 from service.bench import bench_http
 from service.config import BackendSettings
@@ -113,12 +112,20 @@ def pick_shape(rows: Sequence[dict[str, Any]], tolerance: float) -> dict[str, An
 
 
 def _measure(
-    path: Any, runtime: Runtime, precision: Precision, workers: int, threads: int, batch: np.ndarray, seconds: float
+    path: Any,
+    runtime: Runtime,
+    precision: Precision,
+    workers: int,
+    threads: int,
+    batch: np.ndarray,
+    seconds: float,
+    graph: bytes | None = None,
 ) -> tuple[float, float]:
     """(images per second, median batch ms) of `workers` sessions running `batch` at once."""
     sessions = [
         open_session(
             path,
+            graph=graph,
             runtime=runtime,
             precision=precision,
             providers=("cpu",),
@@ -201,18 +208,19 @@ def _bare_measure(
     store: WeightsStore, name: str, settings: BackendSettings, image_rgb: np.ndarray | None, seconds: float
 ) -> Measure:
     entry = registry.MODELS[name]
-    pipeline = build.single_stage(entry, store.require(name).card, PipelineOptions(input_size=settings.input_size))
-    row = pipeline.preprocess(image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8))[0]
     alone_ms: dict[tuple[str, str, int], float] = {}  # a batch-1 request, one session alone, per variant x threads
 
     def measure(
         runtime: Runtime, precision: Precision, workers: int, threads: int, size: int
     ) -> tuple[float, float, float]:
-        path = store.require(variant_name(name, runtime, precision)).path
+        stored = store.require(variant_name(name, runtime, precision))
+        pipeline, graph = sparse_pipeline(entry, stored, settings)  # the graph a backend would run
+        row = pipeline.preprocess(image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8))[0]
         alone = (runtime, precision, threads)
         if alone not in alone_ms:
-            alone_ms[alone] = _measure(path, runtime, precision, 1, threads, row[None], seconds)[1]
-        ips, p50_ms = _measure(path, runtime, precision, workers, threads, np.stack([row] * size), seconds)
+            alone_ms[alone] = _measure(stored.path, runtime, precision, 1, threads, row[None], seconds, graph)[1]
+        batch = np.stack([row] * size)
+        ips, p50_ms = _measure(stored.path, runtime, precision, workers, threads, batch, seconds, graph)
         return ips, p50_ms, alone_ms[alone]
 
     return measure

@@ -31,23 +31,29 @@ Its heads are ``centre_weighted (h, w, 1)``, ``kpt_heatmap (17, h, w)`` (probabi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.codecs.base import Decoded
 from models.persons import NUM_KEYPOINTS
 
+if TYPE_CHECKING:
+    from models.sparse_heads import SparseHeads
+
 __all__ = [
     "HEAD_NAMES",
     "MAX_PERSONS",
     "SINGLEPOSE_HEAD_NAMES",
+    "SPARSE_HEADS",
     "STRIDE",
     "MultiPoseCodec",
     "SinglePoseCodec",
     "decode",
     "decode_candidates",
     "decode_singlepose",
+    "decode_sparse",
 ]
 
 HEAD_NAMES: tuple[str, ...] = (
@@ -100,13 +106,42 @@ def _check_heads(heads: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
     return arrays
 
 
+Sampler = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+"""(head name, cell rows, cell columns) -> that head's (N, C) values at those N cells (row-major)."""
+
+SPARSE_HEADS: tuple[str, ...] = ("kpt_offsets", "kpt_regress", "box_scale", "box_offset")
+"""The heads the decode reads at a few cells only (`decode_sparse` computes them there)."""
+
+
 def decode_candidates(heads: Sequence[np.ndarray]) -> Decoded:
     """All 6 candidates in the graph's order (its ``output_0`` rows), including zero scores.
 
     ``heads``: one image's head arrays in ``HEAD_NAMES`` order, shapes as in the module doc.
     Returns P = 6 persons (fewer only if the map has fewer than 6 cells).
     """
-    centre_logits, kpt_logits, kpt_offsets, kpt_regress, box_scale, box_offset = _check_heads(heads)
+    arrays = dict(zip(HEAD_NAMES, _check_heads(heads), strict=True))
+
+    def sample(name: str, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return arrays[name][:, ys.ravel(), xs.ravel()].T
+
+    return _decode(arrays["centre_logits"], arrays["kpt_heatmap_logits"], sample)
+
+
+def decode_sparse(outputs: Sequence[np.ndarray], sparse: SparseHeads) -> Decoded:
+    """`decode_candidates` from a graph cut by `models.sparse_heads.cut_sparse_heads`: ``outputs``
+    are ``centre_logits`` (1, h, w), ``kpt_heatmap_logits`` (17, h, w) and the feature map
+    (C, h, w) the `SPARSE_HEADS` read, which are computed at the cells read only."""
+    if len(outputs) != 3:
+        raise ValueError(f"expected centre, heatmap and feature outputs, got {len(outputs)}")
+    centre_logits, kpt_logits, feature = (np.asarray(a, dtype=np.float32) for a in outputs)
+    hw = centre_logits.shape[1:]
+    if centre_logits.shape[0] != 1 or kpt_logits.shape != (NUM_KEYPOINTS, *hw) or feature.shape[1:] != hw:
+        raise ValueError(f"heads of mismatched shapes {centre_logits.shape}, {kpt_logits.shape}, {feature.shape}")
+    return _decode(centre_logits, kpt_logits, lambda name, ys, xs: sparse.heads[name].at(feature, ys, xs))
+
+
+def _decode(centre_logits: np.ndarray, kpt_logits: np.ndarray, sample: Sampler) -> Decoded:
+    """The decode (module doc), reading the `SPARSE_HEADS` through `sample` only."""
     _, h, w = centre_logits.shape
     k = NUM_KEYPOINTS
 
@@ -120,14 +155,14 @@ def decode_candidates(heads: Sequence[np.ndarray]) -> Decoded:
     p = order.shape[0]
 
     # 2. keypoints regressed from the centre, in cells: (P, 17)
-    regress = kpt_regress[:, cy, cx].T.reshape(p, k, 2)
+    regress = sample("kpt_regress", cy, cx).reshape(p, k, 2)
     reg_y = cy[:, None].astype(np.float32) + regress[:, :, 0]
     reg_x = cx[:, None].astype(np.float32) + regress[:, :, 1]
 
     # 5. boxes in cells, (P,) each; clipped to the map
-    scale = np.maximum(box_scale[:, cy, cx].T, np.float32(0.0))
+    scale = np.maximum(sample("box_scale", cy, cx), np.float32(0.0))
     half_h, half_w = scale[:, 0] * np.float32(0.5), scale[:, 1] * np.float32(0.5)
-    off = box_offset[:, cy, cx].T
+    off = sample("box_offset", cy, cx)
     ctr_y, ctr_x = cy.astype(np.float32) + off[:, 0], cx.astype(np.float32) + off[:, 1]
     ymin = np.clip(ctr_y - half_h, 0, np.float32(h))
     xmin = np.clip(ctr_x - half_w, 0, np.float32(w))
@@ -166,7 +201,8 @@ def decode_candidates(heads: Sequence[np.ndarray]) -> Decoded:
     inside = (cell_y >= ymin) & (cell_y < ymax) & (cell_x >= xmin) & (cell_x < xmax)  # (P, 17, Q)
     heat_at = heat[ky, kx, kpt_idx][:, :, None]
     kpt_scores = (heat_at * weight * inside.astype(np.float32)).max(axis=2)
-    offsets = kpt_offsets.reshape(k, 2, h, w)[kpt_idx, :, ky, kx]
+    # each keypoint's (y, x) offset channels at its own cell: (P, 17, 2)
+    offsets = sample("kpt_offsets", ky, kx).reshape(p, k, k, 2)[:, np.arange(k), np.arange(k)]
     kpt_y = (ky.astype(np.float32) + offsets[..., 0]) * np.float32(STRIDE)
     kpt_x = (kx.astype(np.float32) + offsets[..., 1]) * np.float32(STRIDE)
 
@@ -188,7 +224,10 @@ def decode(heads: Sequence[np.ndarray], *, min_score: float = 0.0) -> Decoded:
     this drops only candidates without any keypoint above the model's 0.127 threshold (and
     non-peak fillers), which the graph scores exactly 0.
     """
-    persons = decode_candidates(heads)
+    return _best_first(decode_candidates(heads), min_score)
+
+
+def _best_first(persons: Decoded, min_score: float) -> Decoded:
     order = np.argsort(-persons.scores, kind="stable")
     order = order[persons.scores[order] > min_score]
     return persons.take(order)
@@ -228,15 +267,27 @@ def decode_singlepose(heads: Sequence[np.ndarray], *, stride: int = STRIDE) -> n
 
 
 class MultiPoseCodec:
-    """``decode`` with the contract's signature: up to 6 persons scoring above ``min_score``."""
+    """``decode`` with the contract's signature: up to 6 persons scoring above ``min_score``.
 
-    output_names = HEAD_NAMES
+    With ``sparse`` (a graph cut by `models.sparse_heads.cut_sparse_heads`) its outputs are the
+    centre and heatmap heads and the feature map, and `SPARSE_HEADS` are computed where read.
+    """
 
-    def __init__(self, min_score: float = 0.0) -> None:
+    sparse_heads = SPARSE_HEADS
+
+    def __init__(self, min_score: float = 0.0, sparse: SparseHeads | None = None) -> None:
         self.min_score = min_score
+        self.sparse = sparse
+        self.output_names: tuple[str, ...] = (
+            HEAD_NAMES if sparse is None else ("centre_logits", "kpt_heatmap_logits", sparse.feature)
+        )
+
+    def with_sparse(self, sparse: SparseHeads) -> MultiPoseCodec:
+        return MultiPoseCodec(self.min_score, sparse)
 
     def decode(self, outputs: Sequence[np.ndarray]) -> Decoded:
-        return decode(outputs, min_score=self.min_score)
+        persons = decode_candidates(outputs) if self.sparse is None else decode_sparse(outputs, self.sparse)
+        return _best_first(persons, self.min_score)
 
 
 class SinglePoseCodec:

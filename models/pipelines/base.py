@@ -11,13 +11,15 @@ codec's ``output_names`` order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from models.codecs.base import Codec
 from models.persons import Persons
+from models.sparse_heads import SparseHeads, cut_sparse_heads
 from models.transforms import Letterbox
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ __all__ = [
     "Preprocess",
     "SingleStage",
     "normalize_imagenet",
+    "with_sparse_heads",
 ]
 
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -68,6 +71,30 @@ class SingleStage:
         """One image's outputs -> persons in image pixels."""
         decoded = self.codec.decode(outputs)
         return Persons.from_input(decoded.keypoints, decoded.boxes_xyxy, decoded.scores, geometry)
+
+
+@runtime_checkable
+class SparseCodec(Protocol):
+    """A codec reading some heads at a few cells only (`models.sparse_heads`)."""
+
+    sparse_heads: tuple[str, ...]
+
+    def with_sparse(self, sparse: SparseHeads) -> Codec:
+        """This codec decoding the outputs of a graph cut by `cut_sparse_heads`."""
+        ...
+
+
+def with_sparse_heads(pipeline: SingleStage, path: Path) -> tuple[SingleStage, bytes | None]:
+    """`pipeline` decoding from the ONNX file at `path` cut to compute its codec's sparse heads only
+    at the cells read, and that cut graph (for `models.runtimes.open_session`); `pipeline` and None
+    when its codec reads every head in full or the graph cannot be cut."""
+    if not isinstance(pipeline.codec, SparseCodec):
+        return pipeline, None
+    cut = cut_sparse_heads(path, pipeline.codec.sparse_heads)
+    if cut is None:
+        return pipeline, None
+    graph, sparse = cut
+    return replace(pipeline, codec=pipeline.codec.with_sparse(sparse)), graph
 
 
 @dataclass(frozen=True)

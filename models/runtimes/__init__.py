@@ -69,8 +69,12 @@ def open_session(
     intra_op_threads: int = 0,
     allow_spinning: bool = True,
     static_input: tuple[int, ...] | None = None,
+    graph: bytes | None = None,
 ) -> Session:
     """One session of the ONNX file at `path` on `runtime` at `precision`.
+
+    `graph`: a serialized ONNX graph derived from that file to run instead (e.g. with heads cut by
+    `models.sparse_heads`); `path` still names the session.
 
     `static_input`: OpenVINO compiles for exactly this input shape (batch included), which then is
     the only one it runs: on a CPU that beat the file's dynamic axes by 5-8 % (movenet-multipose
@@ -86,9 +90,10 @@ def open_session(
     if runtime == "openvino":
         from models.runtimes.openvino import OvModel
 
-        return OvModel(path, precision=precision, threads=intra_op_threads, static_input=static_input)
+        return OvModel(path, precision=precision, threads=intra_op_threads, static_input=static_input, graph=graph)
     return OrtModel(
         path,
+        graph=graph,
         providers=providers,
         intra_op_threads=intra_op_threads,
         fp16=precision == "fp16",

@@ -94,10 +94,17 @@ class OvModel:
     """One compiled model and its infer request. Not thread-safe: one `OvModel` per worker thread."""
 
     def __init__(
-        self, path: Path, *, precision: str = "fp32", threads: int = 0, static_input: tuple[int, ...] | None = None
+        self,
+        path: Path,
+        *,
+        precision: str = "fp32",
+        threads: int = 0,
+        static_input: tuple[int, ...] | None = None,
+        graph: bytes | None = None,
     ) -> None:
         """`static_input`: compile for exactly this shape of the first input (else the file's own,
-        dynamic, axes); the session then runs nothing else."""
+        dynamic, axes); the session then runs nothing else. `graph`: a serialized ONNX graph to run
+        instead of the file's own."""
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -113,7 +120,7 @@ class OvModel:
         self.path = path
         self.precision = precision
         self.static_input = static_input
-        model = _core().read_model(str(path))
+        model = _core().read_model(graph if graph is not None else str(path))
         if static_input is not None:
             model.reshape({0: ov.PartialShape(list(static_input))})
         # the ONNX output names (a compiled model's outputs carry more aliases than the graph's own)

@@ -29,13 +29,15 @@ def load_sessions(
     runtime: Runtime | None = None,
     precision: Precision = "fp32",
     row_shape: tuple[int, ...] | None = None,
+    graph: bytes | None = None,
 ) -> list[Session]:
     """`settings.workers` sessions of the ONNX file at `path` (one per worker thread), on `runtime`
     (None: `settings.runtime`, else ONNX Runtime) at `precision` (`settings.fp16`: fp16).
 
     `spinning` is the default for idle ORT threads busy-waiting, unless `settings.ort_spinning`
     says otherwise. `row_shape` (one input row, the batch axis left out) with `max_batch` 1: the
-    runtime may compile for exactly that input (`open_session`'s `static_input`). The sessions'
+    runtime may compile for exactly that input (`open_session`'s `static_input`). `graph`: a graph
+    derived from the file to run instead (`open_session`). The sessions'
     threads run `settings.worker_nice` levels below the caller. A file that cannot be loaded
     raises `BackendUnavailableError`.
     """
@@ -52,6 +54,7 @@ def load_sessions(
                 intra_op_threads=settings.intra_op_threads,
                 allow_spinning=spinning,
                 static_input=(1, *row_shape) if row_shape is not None and settings.max_batch == 1 else None,
+                graph=graph,
             )
             for _ in range(settings.workers)
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -9,10 +10,10 @@ import numpy as np
 from models.card import ModelCard
 from models.persons import Persons
 from models.pipelines import build
-from models.pipelines.base import PipelineOptions, SingleStage
+from models.pipelines.base import PipelineOptions, SingleStage, with_sparse_heads
 from models.registry import ModelEntry
 from models.runtime import Session
-from models.weights import WeightsStore
+from models.weights import StoredModel, WeightsStore
 from service.backends.base import LoadedBackend, Prepared, await_result
 from service.backends.sessions import load_sessions, run_rows, warm_up
 from service.backends.variants import choose_variant
@@ -20,7 +21,9 @@ from service.config import BackendSettings, Settings
 from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
-__all__ = ["SingleStageBackend"]
+__all__ = ["SingleStageBackend", "sparse_pipeline"]
+
+logger = logging.getLogger(__name__)
 
 
 class SingleStageBackend(LoadedBackend):
@@ -61,7 +64,7 @@ class SingleStageBackend(LoadedBackend):
             tune_if_unmeasured(store, entry.name, backend_settings)
         choice = choose_variant(store, entry.name, backend_settings)
         bs, stored = choice.settings, choice.stored
-        pipeline = build.single_stage(entry, stored.card, PipelineOptions(input_size=bs.input_size))
+        pipeline, graph = sparse_pipeline(entry, stored, bs)
         return cls(
             entry,
             pipeline=pipeline,
@@ -73,6 +76,7 @@ class SingleStageBackend(LoadedBackend):
                 runtime=choice.runtime,
                 precision=choice.precision,
                 row_shape=_blank_row(pipeline).shape,
+                graph=graph,
             ),
             settings=bs,
             metrics=metrics,
@@ -98,6 +102,21 @@ class SingleStageBackend(LoadedBackend):
         self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
         return await await_result(self.runner.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
+
+
+def sparse_pipeline(
+    entry: ModelEntry, stored: StoredModel, settings: BackendSettings
+) -> tuple[SingleStage, bytes | None]:
+    """The pipeline of `entry` for `stored`, and the graph to run in place of its file: with
+    `settings.sparse_heads`, the file cut to compute the heads its decoder reads at a few cells only
+    there (`models.sparse_heads`); else, or where the model has none, None (the file itself)."""
+    pipeline = build.single_stage(entry, stored.card, PipelineOptions(input_size=settings.input_size))
+    if not settings.sparse_heads:
+        return pipeline, None
+    pipeline, graph = with_sparse_heads(pipeline, stored.path)
+    if graph is not None:
+        logger.info("%s: the heads read at a few cells are computed there only", entry.name)
+    return pipeline, graph
 
 
 def _blank_row(pipeline: SingleStage) -> np.ndarray:

@@ -25,6 +25,7 @@ from models.pipelines.base import PipelineOptions
 from models.pipelines.topdown import make_crops
 from models.runtime import OrtModel
 from models.weights import WeightsStore
+from service.backends.single_stage import sparse_pipeline
 from service.config import BackendSettings
 from service.imaging import decode_image
 
@@ -83,12 +84,13 @@ def bench_model(
     entry = registry.backend(name)
     rgb = decode_image(image, max_pixels=100_000_000)
 
-    def session(weights: str) -> OrtModel:
+    def session(weights: str, graph: bytes | None = None) -> OrtModel:
         return OrtModel(
             store.require(weights).path,
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             fp16=settings.fp16,
+            graph=graph,
         )
 
     stages: list[tuple[str, OrtModel, np.ndarray]] = []
@@ -103,9 +105,9 @@ def bench_model(
         crop_rows, _ = make_crops(rgb, box, build.crop_pose(entry, store.card(entry.name)))
         stages = [("detect", det_model, det_row), ("pose", session(entry.name), crop_rows[0])]
     else:
-        options = PipelineOptions(input_size=settings.input_size)
-        row, _ = build.single_stage(entry, store.card(entry.name), options).preprocess(rgb)
-        stages = [("pose", session(entry.name), row)]
+        pipeline, graph = sparse_pipeline(entry, store.require(entry.name), settings)  # the graph served
+        row, _ = pipeline.preprocess(rgb)
+        stages = [("pose", session(entry.name, graph), row)]
     return [
         {"backend": name, "stage": stage, "input_shape": list(row.shape), **timing}
         for stage, model, row in stages

@@ -77,3 +77,19 @@ def test_a_backend_runs_the_cut_graph_unless_told_not_to(model_dir: Path) -> Non
     assert len(pipeline.codec.output_names) == 3
     pipeline, graph = sparse_pipeline(entry, stored, BackendSettings(sparse_heads=False))
     assert graph is None and pipeline.codec.output_names == movenet.HEAD_NAMES
+
+
+def test_bench_model_runs_the_cut_graph_on_a_real_photo(model_dir: Path, pose_sample_images: list[Path]) -> None:
+    from service.bench import bench_model
+
+    rows = bench_model(
+        MODEL,
+        WeightsStore(model_dir),
+        BackendSettings(providers=("cpu",), intra_op_threads=1),
+        batches=[1],
+        image=pose_sample_images[0].read_bytes(),
+        min_seconds=0.05,
+        min_iters=2,
+    )
+    assert [(r["stage"], r["batch"], r["input_shape"]) for r in rows] == [("pose", 1, [384, 384, 3])]
+    assert rows[0]["throughput_ips"] > 0

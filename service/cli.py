@@ -18,7 +18,7 @@ from models.weights import WeightsStore, shipped
 from service.auth import RedactKeys, split_env_entry
 from service.bench import bench_http, bench_model, format_table, write_json
 from service.config import Settings
-from service.memory import limit_malloc_arenas
+from service.memory import keep_image_blocks, limit_malloc_arenas
 from service.spawn import spawned_server
 
 __all__ = ["app", "main"]
@@ -82,6 +82,7 @@ def serve(
         settings = settings.model_copy(update={"distributed": dist})
     if settings.malloc_arenas:
         limit_malloc_arenas(settings.malloc_arenas)  # before any worker thread allocates
+    keep_image_blocks(2 * settings.decode_threads)
     # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
     # parallel loops would only compete with ONNX Runtime's threads for the same cores.
     cv2.setNumThreads(1)
@@ -129,6 +130,7 @@ def worker(
         )
     if settings.malloc_arenas:
         limit_malloc_arenas(settings.malloc_arenas)
+    keep_image_blocks(2 * settings.decode_threads)
     cv2.setNumThreads(1)
     run_worker(settings, backend or list(settings.preload), metrics_port=metrics_port)
 

@@ -76,7 +76,11 @@ _SINGLEPOSE_DIST_BIAS = np.float32(1.7998046875)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x, dtype=np.float32))).astype(np.float32)
+    """float32 sigmoid into one new array (a heatmap is 0.6 MB: each temporary is a new mapping)."""
+    out = np.negative(x, dtype=np.float32)
+    np.exp(out, out=out)
+    out += np.float32(1.0)
+    return np.reciprocal(out, out=out)
 
 
 def _max_pool_same(x: np.ndarray, k: int) -> np.ndarray:

@@ -25,6 +25,8 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as opset
 
+from models.runtime import CastBuffer
+
 __all__ = ["OvModel", "cpu_capabilities", "split_heads"]
 
 logger = logging.getLogger(__name__)
@@ -135,14 +137,13 @@ class OvModel:
         self.requests = [c.create_infer_request() for c in self.compiled]
         self.providers: list[str] = [f"OpenVINO/CPU/{_HINTS[precision]}" + ("+f32-heads" if parts else "")]
         self.input_dtype = _DTYPES.get(self.compiled[0].inputs[0].get_element_type().get_type_name())
+        self._cast = CastBuffer(self.input_dtype)
         logger.info("loaded %s with OpenVINO %s (%s)", path.name, ov.__version__, precision)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch (N, ...) and return every output in `output_names` order (copies: the
         request reuses its output buffers on the next run)."""
-        if self.input_dtype is not None and batch.dtype != self.input_dtype:
-            batch = batch.astype(self.input_dtype)
-        results = self.requests[0].infer({0: np.ascontiguousarray(batch)}, share_inputs=True).to_tuple()
+        results = self.requests[0].infer({0: np.ascontiguousarray(self._cast(batch))}, share_inputs=True).to_tuple()
         for request in self.requests[1:]:  # the heads, on the trunk's output
             results = request.infer({0: results[0]}, share_inputs=True).to_tuple()
         return [np.array(r) for r in results]

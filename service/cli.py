@@ -20,6 +20,7 @@ from service.bench import bench_http, bench_model, format_table, write_json
 from service.config import Settings
 from service.memory import keep_image_blocks, limit_malloc_arenas
 from service.spawn import spawned_server
+from service.streams.preview import encode_jpeg
 
 __all__ = ["app", "main"]
 
@@ -41,9 +42,19 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
+def _serving_process(settings: Settings) -> None:
+    """Set up this process to serve (a server or a worker), before any worker thread starts."""
+    if settings.malloc_arenas:
+        limit_malloc_arenas(settings.malloc_arenas)  # before any worker thread allocates
+    keep_image_blocks(2 * settings.decode_threads)
+    # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
+    # parallel loops would only compete with ONNX Runtime's threads for the same cores.
+    cv2.setNumThreads(1)
+
+
 def _blank_jpeg() -> bytes:
     """A black 640x480 JPEG."""
-    return bytes(cv2.imencode(".jpg", np.zeros((480, 640, 3), np.uint8))[1])
+    return encode_jpeg(np.zeros((480, 640, 3), np.uint8))
 
 
 def _ints(csv: str) -> list[int]:
@@ -80,12 +91,7 @@ def serve(
     if local_workers:
         dist = settings.distributed.model_copy(update={"local_workers": True})
         settings = settings.model_copy(update={"distributed": dist})
-    if settings.malloc_arenas:
-        limit_malloc_arenas(settings.malloc_arenas)  # before any worker thread allocates
-    keep_image_blocks(2 * settings.decode_threads)
-    # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
-    # parallel loops would only compete with ONNX Runtime's threads for the same cores.
-    cv2.setNumThreads(1)
+    _serving_process(settings)
     config = uvicorn.Config(
         create_app(settings, reload_keys_on_sighup=True),
         host=settings.host,
@@ -128,10 +134,7 @@ def worker(
         settings = settings.model_copy(
             update={"distributed": settings.distributed.model_copy(update={"worker_name": name})}
         )
-    if settings.malloc_arenas:
-        limit_malloc_arenas(settings.malloc_arenas)
-    keep_image_blocks(2 * settings.decode_threads)
-    cv2.setNumThreads(1)
+    _serving_process(settings)
     run_worker(settings, backend or list(settings.preload), metrics_port=metrics_port)
 
 

@@ -25,6 +25,7 @@ timings.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,8 +42,10 @@ import numpy as np
 
 from models import registry
 from models.measured import MeasuredStore, machine_description
-from models.runtimes import Precision, Runtime, open_session, variant_name
-from models.weights import WeightsStore
+from models.runtime import Session
+from models.runtimes import Precision, Runtime, variant_name
+from models.weights import StoredModel, WeightsStore
+from service.backends.sessions import load_sessions
 from service.backends.single_stage import sparse_pipeline
 from service.backends.variants import SHAPE_FIELDS, usable_variants
 from service.bench import bench_http
@@ -111,29 +114,8 @@ def pick_shape(rows: Sequence[dict[str, Any]], tolerance: float) -> dict[str, An
     return max(faster, key=lambda r: (r["img_per_s"], -r["alone_ms"])) if faster else top
 
 
-def _measure(
-    path: Any,
-    runtime: Runtime,
-    precision: Precision,
-    workers: int,
-    threads: int,
-    batch: np.ndarray,
-    seconds: float,
-    graph: bytes | None = None,
-) -> tuple[float, float]:
-    """(images per second, median batch ms) of `workers` sessions running `batch` at once."""
-    sessions = [
-        open_session(
-            path,
-            graph=graph,
-            runtime=runtime,
-            precision=precision,
-            providers=("cpu",),
-            intra_op_threads=threads,
-            static_input=batch.shape if len(batch) == 1 else None,  # as a backend at max_batch 1 runs
-        )
-        for _ in range(workers)
-    ]
+def _measure(sessions: Sequence[Session], batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(images per second, median batch ms) of `sessions` each running `batch`, all at once."""
     for session in sessions:
         session.run(batch)
     times: list[float] = []
@@ -208,19 +190,39 @@ def _bare_measure(
     store: WeightsStore, name: str, settings: BackendSettings, image_rgb: np.ndarray | None, seconds: float
 ) -> Measure:
     entry = registry.MODELS[name]
+    image = image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8)
     alone_ms: dict[tuple[str, str, int], float] = {}  # a batch-1 request, one session alone, per variant x threads
+
+    @functools.cache
+    def variant(runtime: Runtime, precision: Precision) -> tuple[StoredModel, bytes | None, np.ndarray]:
+        """The variant's file, the graph a backend runs of it, and the image as its input row."""
+        stored = store.require(variant_name(name, runtime, precision))
+        pipeline, graph = sparse_pipeline(entry, stored, settings)
+        return stored, graph, pipeline.preprocess(image)[0]
+
+    def run(runtime: Runtime, precision: Precision, workers: int, threads: int, size: int) -> tuple[float, float]:
+        """`_measure` of the sessions a backend at this shape opens (static input at batch 1 included)."""
+        stored, graph, row = variant(runtime, precision)
+        shape = {"workers": workers, "intra_op_threads": threads, "max_batch": size, "providers": ("cpu",)}
+        sessions = load_sessions(
+            stored.path,
+            settings.model_copy(update=shape),
+            name,
+            spinning=True,
+            runtime=runtime,
+            precision=precision,
+            row_shape=row.shape,
+            graph=graph,
+        )
+        return _measure(sessions, np.stack([row] * size), seconds)
 
     def measure(
         runtime: Runtime, precision: Precision, workers: int, threads: int, size: int
     ) -> tuple[float, float, float]:
-        stored = store.require(variant_name(name, runtime, precision))
-        pipeline, graph = sparse_pipeline(entry, stored, settings)  # the graph a backend would run
-        row = pipeline.preprocess(image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8))[0]
         alone = (runtime, precision, threads)
         if alone not in alone_ms:
-            alone_ms[alone] = _measure(stored.path, runtime, precision, 1, threads, row[None], seconds, graph)[1]
-        batch = np.stack([row] * size)
-        ips, p50_ms = _measure(stored.path, runtime, precision, workers, threads, batch, seconds, graph)
+            alone_ms[alone] = run(runtime, precision, 1, threads, 1)[1]
+        ips, p50_ms = run(runtime, precision, workers, threads, size)
         return ips, p50_ms, alone_ms[alone]
 
     return measure

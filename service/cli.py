@@ -45,7 +45,8 @@ def _settings(**overrides: Any) -> Settings:
 def _serving_process(settings: Settings) -> None:
     """Set up this process to serve (a server or a worker), before any worker thread starts."""
     if settings.malloc_arenas:
-        limit_malloc_arenas(settings.malloc_arenas)  # before any worker thread allocates
+        # before any worker thread allocates
+        limit_malloc_arenas(settings.malloc_arenas, settings.malloc_mmap_threshold_kib * 1024)
     keep_image_blocks(2 * settings.decode_threads)
     # Resizes are small and run on many threads already (decode pool, readers): OpenCV's own
     # parallel loops would only compete with ONNX Runtime's threads for the same cores.

@@ -223,6 +223,13 @@ class Settings(BaseSettings):
         description="glibc malloc arenas of the server process (None = glibc's default, 8 per core): few arenas "
         "keep the resident memory flat under load (service/memory.py)",
     )
+    malloc_mmap_threshold_kib: int = Field(
+        4096,
+        ge=128,
+        le=32768,
+        description="with malloc_arenas: glibc's mmap threshold, fixed (service/memory.py): blocks below it come from "
+        "the arenas and are reused; each one above is a new mapping whose pages fault in on every use",
+    )
 
     default_backend: str = "movenet-multipose"
     preload: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -19,14 +19,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["SeparableHead", "SparseHeads", "cut_sparse_heads"]
+__all__ = ["SeparableHead", "SparseHeads", "cut_sparse_heads", "taps"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +48,26 @@ class SeparableHead:
 
     def at(self, feature: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """The head's (N, O) values at cells (``ys[i]``, ``xs[i]``) of ``feature`` (C, h, w)."""
-        _, h, w = feature.shape
-        yy = np.asarray(ys, np.int64).reshape(1, -1) + _TAP_DY  # (9, N): each cell's 3 x 3 neighbours
-        xx = np.asarray(xs, np.int64).reshape(1, -1) + _TAP_DX
+        return self.on(taps(feature, ys, xs))
+
+    def on(self, taps: np.ndarray) -> np.ndarray:
+        """The head's (N, O) values at the cells whose neighbourhoods `taps` gathered."""
         channels = len(self.depthwise)
-        flat = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
-        taps = np.take(feature.reshape(channels, h * w), flat, axis=1)  # (C, 9, N)
-        taps *= (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # zero padding
         depthwise = np.matmul(self.depthwise.reshape(channels, 1, 9), taps).reshape(channels, -1)
         hidden = np.maximum(self.pointwise @ depthwise + self.pointwise_bias[:, None], np.float32(0.0))
         return (self.out @ hidden + self.out_bias[:, None]).T.astype(np.float32, copy=False)
+
+
+def taps(feature: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(C, 9, N): the 3 x 3 neighbourhood of each cell (``ys[i]``, ``xs[i]``) of ``feature`` (C, h, w),
+    zero outside the map (every head of a feature map reads the same ones)."""
+    channels, h, w = feature.shape
+    yy = np.asarray(ys, np.int64).reshape(1, -1) + _TAP_DY  # (9, N): each cell's 3 x 3 neighbours
+    xx = np.asarray(xs, np.int64).reshape(1, -1) + _TAP_DX
+    flat = np.minimum(np.maximum(yy, 0), h - 1) * w + np.minimum(np.maximum(xx, 0), w - 1)
+    gathered = np.take(feature.reshape(channels, h * w), flat, axis=1)
+    gathered *= (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # zero padding
+    return gathered
 
 
 _TAP_DY = np.repeat(np.arange(-1, 2), 3).reshape(9, 1)
@@ -71,6 +81,18 @@ class SparseHeads:
     feature: str
     """name of the (N, C, h, w) feature-map output the heads read"""
     heads: dict[str, SeparableHead]
+
+    def sampler(self, feature: np.ndarray) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
+        """(head name, cell rows, cell columns) -> that head's (N, O) values at those cells of one
+        image's `feature` (C, h, w); heads asked at the same cell arrays in a row share one gather."""
+        last: list[Any] = [None, None, None]  # ys, xs, their taps
+
+        def sample(name: str, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+            if last[0] is not ys or last[1] is not xs:
+                last[:] = [ys, xs, taps(feature, ys, xs)]
+            return self.heads[name].on(last[2])
+
+        return sample
 
 
 def cut_sparse_heads(path: Path, names: Sequence[str]) -> tuple[bytes, SparseHeads] | None:

@@ -141,7 +141,7 @@ def decode_sparse(outputs: Sequence[np.ndarray], sparse: SparseHeads) -> Decoded
     hw = centre_logits.shape[1:]
     if centre_logits.shape[0] != 1 or kpt_logits.shape != (NUM_KEYPOINTS, *hw) or feature.shape[1:] != hw:
         raise ValueError(f"heads of mismatched shapes {centre_logits.shape}, {kpt_logits.shape}, {feature.shape}")
-    return _decode(centre_logits, kpt_logits, lambda name, ys, xs: sparse.heads[name].at(feature, ys, xs))
+    return _decode(centre_logits, kpt_logits, sparse.sampler(feature))
 
 
 def _decode(centre_logits: np.ndarray, kpt_logits: np.ndarray, sample: Sampler) -> Decoded:
@@ -175,26 +175,37 @@ def _decode(centre_logits: np.ndarray, kpt_logits: np.ndarray, sample: Sampler) 
 
     # 3. heatmaps weighted by distance to the regressed keypoint, masked to the box; argmax per
     #    candidate and keypoint. Outside its box a candidate's weighted map is 0, so only the box's
-    #    cells are computed (same float32 operations, so the same values and first-maximum ties).
+    #    cells are computed, and the heatmap only within the boxes (same float32 operations, so
+    #    the same values and first-maximum ties).
     sigma = np.float32(min(h, w)) * _SIGMA_SCALE
-    heat = np.transpose(_sigmoid(kpt_logits), (1, 2, 0))  # (h, w, 17)
+    neg_sigma = -sigma  # -d² / σ == d² / -σ exactly
+    cells_y0, cells_y1 = np.ceil(ymin).astype(np.int64), np.ceil(ymax).astype(np.int64)
+    cells_x0, cells_x1 = np.ceil(xmin).astype(np.int64), np.ceil(xmax).astype(np.int64)
+    boxes_cells = [
+        (i, int(cells_y0[i]), int(cells_y1[i]), int(cells_x0[i]), int(cells_x1[i]))
+        for i in range(p)
+        if cells_y1[i] > cells_y0[i] and cells_x1[i] > cells_x0[i]  # an empty box: the first cell of the map wins
+    ]
     ky = np.zeros((p, k), np.int64)
     kx = np.zeros((p, k), np.int64)
-    for i in range(p):
-        y0, y1 = int(np.ceil(ymin[i])), int(np.ceil(ymax[i]))
-        x0, x1 = int(np.ceil(xmin[i])), int(np.ceil(xmax[i]))
-        if y1 <= y0 or x1 <= x0:
-            continue  # empty box: every weighted cell is 0 and the first cell of the map wins
-        gy = np.arange(y0, y1, dtype=np.float32)[:, None, None]
-        gx = np.arange(x0, x1, dtype=np.float32)[None, :, None]
-        dist2 = (gy - reg_y[i]) * (gy - reg_y[i]) + (gx - reg_x[i]) * (gx - reg_x[i])
-        weight = np.exp((np.float32(-1.0) * dist2) / sigma, dtype=np.float32)
-        region = (heat[y0:y1, x0:x1] * weight).reshape(-1, k)
-        best = np.argmax(region, axis=0)
-        found = region[best, np.arange(k)] > 0
-        by, bx = np.divmod(best, x1 - x0)
-        ky[i] = np.where(found, by + y0, 0)
-        kx[i] = np.where(found, bx + x0, 0)
+    if boxes_cells:
+        uy0, uy1 = min(b[1] for b in boxes_cells), max(b[2] for b in boxes_cells)
+        ux0, ux1 = min(b[3] for b in boxes_cells), max(b[4] for b in boxes_cells)
+        heat = _sigmoid(kpt_logits[:, uy0:uy1, ux0:ux1])  # (17, box rows, box columns)
+        channel = np.arange(k)
+        for i, y0, y1, x0, x1 in boxes_cells:
+            dy = np.arange(y0, y1, dtype=np.float32)[None, :, None] - reg_y[i][:, None, None]  # (17, rows, 1)
+            dx = np.arange(x0, x1, dtype=np.float32)[None, None, :] - reg_x[i][:, None, None]  # (17, 1, columns)
+            weight = dy * dy + dx * dx
+            np.divide(weight, neg_sigma, out=weight)
+            np.exp(weight, out=weight)
+            weight *= heat[:, y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]
+            region = weight.reshape(k, -1)
+            best = np.argmax(region, axis=1)
+            found = region[channel, best] > 0
+            by, bx = np.divmod(best, x1 - x0)
+            ky[i] = np.where(found, by + y0, 0)
+            kx[i] = np.where(found, bx + x0, 0)
     kpt_idx = np.broadcast_to(np.arange(k), (p, k))
 
     # 4. keypoint score: the weighted heatmap at that cell, maximised over candidates
@@ -203,7 +214,7 @@ def _decode(centre_logits: np.ndarray, kpt_logits: np.ndarray, sample: Sampler) 
     dist2 = (cell_y - ry) * (cell_y - ry) + (cell_x - rx) * (cell_x - rx)
     weight = np.exp((np.float32(-1.0) * dist2) / sigma, dtype=np.float32)
     inside = (cell_y >= ymin) & (cell_y < ymax) & (cell_x >= xmin) & (cell_x < xmax)  # (P, 17, Q)
-    heat_at = heat[ky, kx, kpt_idx][:, :, None]
+    heat_at = _sigmoid(kpt_logits[kpt_idx, ky, kx])[:, :, None]
     kpt_scores = (heat_at * weight * inside.astype(np.float32)).max(axis=2)
     # each keypoint's (y, x) offset channels at its own cell: (P, 17, 2)
     offsets = sample("kpt_offsets", ky, kx).reshape(p, k, k, 2)[:, np.arange(k), np.arange(k)]

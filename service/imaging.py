@@ -5,6 +5,12 @@ image is refused as `too_large` without allocating it; truncated or corrupt data
 `InvalidImageError` instead of yielding a half-grey picture. Every failure of the image library,
 in the header or in the pixels, is one of these typed errors: no byte string escapes as anything
 else. Runs in a worker thread.
+
+The common case, an upright colour JPEG decoded at full size, is decoded by libjpeg-turbo straight
+into an RGB array (`simplejpeg`, strict: any warning of libjpeg refuses the data); Pillow decodes
+everything else, and whatever `simplejpeg` refused, so that errors and lenient decodes stay
+Pillow's. Both run libjpeg-turbo with the same (accurate) IDCT and upsampling, to the same pixels;
+Pillow only adds a pass through its 4-byte pixels and a copy (a 640x480 photo: 1.25 -> 1.0 ms).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
@@ -81,11 +88,15 @@ def decode_image_reduced(data: bytes, *, max_pixels: int, long_side: int | None)
     if width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if image.format == "JPEG" and image.mode == "RGB" and orientation == 1 and not _reduces(image, long_side):
+            pixels = _turbo_rgb(data, (height, width))
+            if pixels is not None:
+                return pixels, (width, height)
         if long_side is not None and image.format == "JPEG":
             _draft_long_side(image, long_side)
         image.load()
         upright: Image.Image = image
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         if orientation != 1:
             upright = ImageOps.exif_transpose(image)
         rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
@@ -107,11 +118,26 @@ def upright_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def _turbo_rgb(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
+    """A JPEG's (H, W, 3) RGB pixels at full size, or None where libjpeg-turbo warned or failed
+    (Pillow then decides) or the pixels are not of the header's (H, W)."""
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+    return pixels if pixels.shape == (*shape, 3) else None
+
+
+def _reduces(image: Image.Image, long_side: int | None) -> bool:
+    """Whether `_draft_long_side` would decode `image` reduced."""
+    return long_side is not None and long_side / max(image.size) <= 0.5
+
+
 def _draft_long_side(image: Image.Image, long_side: int) -> None:
     """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still >= `long_side`."""
+    if not _reduces(image, long_side):
+        return
     width, height = image.size
     scale = long_side / max(width, height)
-    if scale > 0.5:
-        return
     # `draft` picks the largest reduction keeping both sides >= the requested ones
     image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 from service.imaging import decode_image, upright_size
@@ -117,3 +117,23 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     (tmp_path / "plain.png").write_bytes(encode("PNG", 64, 48))
     assert upright_size(tmp_path / "rotated.jpg") == (32, 64)
     assert upright_size(tmp_path / "plain.png") == (64, 48)
+
+
+def test_jpeg_photos_decode_to_pillows_pixels(pose_sample_images: list[Path]) -> None:
+    """The libjpeg-turbo fast path (upright colour JPEGs at full size) gives Pillow's own pixels."""
+    photos = [p for p in pose_sample_images if p.suffix.lower() in (".jpg", ".jpeg")]
+    assert photos
+    for path in photos:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        np.testing.assert_array_equal(decode_image(data, max_pixels=100_000_000), expected, err_msg=path.name)
+
+
+def test_a_jpeg_libjpeg_warns_about_is_still_decoded_as_pillow_does() -> None:
+    """Stray bytes between markers: libjpeg warns (the fast path refuses) and Pillow decodes."""
+    data = encode("JPEG", 64, 48)
+    sos = data.index(b"\xff\xda")
+    warned = data[:sos] + b"\x00\x00\x00" + data[sos:]
+    expected = np.asarray(Image.open(io.BytesIO(warned)).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(warned, max_pixels=10_000), expected)

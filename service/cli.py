@@ -390,6 +390,7 @@ def bench_http_cmd(
                 "latency_p50_ms",
                 "latency_p99_ms",
                 "inference_p50_ms",
+                "server_p50_ms",
                 "throughput_rps",
                 "errors",
             ],

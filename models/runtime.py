@@ -71,8 +71,9 @@ class Session(Protocol):
 class CastBuffer:
     """A session's input cast into one reused array: a batch of another dtype than the model's
     input (uint8 pixels for an int32 model) is copied into it instead of into a fresh array per run.
-    A fresh array of that size (1.7 MB at 384x384x3 int32) is a new memory mapping every time, and
-    its pages fault in on every run. Not thread-safe: one per session."""
+    A fresh array above glibc's mmap threshold (`service/memory.py`; a batch of 8 at 384x384x3 int32
+    is 14 MB) is a new memory mapping every time, and its pages fault in on every run. Not
+    thread-safe: one per session."""
 
     def __init__(self, dtype: Any) -> None:
         self.dtype = dtype

@@ -89,12 +89,11 @@ def decode_image_reduced(data: bytes, *, max_pixels: int, long_side: int | None)
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        if image.format == "JPEG" and image.mode == "RGB" and orientation == 1 and not _reduces(image, long_side):
+        reduced = image.format == "JPEG" and _draft_long_side(image, long_side)
+        if image.format == "JPEG" and not reduced and image.mode == "RGB" and orientation == 1:
             pixels = _turbo_rgb(data, (height, width))
             if pixels is not None:
                 return pixels, (width, height)
-        if long_side is not None and image.format == "JPEG":
-            _draft_long_side(image, long_side)
         image.load()
         upright: Image.Image = image
         if orientation != 1:
@@ -128,16 +127,15 @@ def _turbo_rgb(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
     return pixels if pixels.shape == (*shape, 3) else None
 
 
-def _reduces(image: Image.Image, long_side: int | None) -> bool:
-    """Whether `_draft_long_side` would decode `image` reduced."""
-    return long_side is not None and long_side / max(image.size) <= 0.5
-
-
-def _draft_long_side(image: Image.Image, long_side: int) -> None:
-    """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still >= `long_side`."""
-    if not _reduces(image, long_side):
-        return
+def _draft_long_side(image: Image.Image, long_side: int | None) -> bool:
+    """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still >= `long_side`
+    (None: full size); True when it will decode reduced."""
+    if long_side is None:
+        return False
     width, height = image.size
     scale = long_side / max(width, height)
+    if scale > 0.5:
+        return False
     # `draft` picks the largest reduction keeping both sides >= the requested ones
     image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+    return True

@@ -76,7 +76,7 @@ _SINGLEPOSE_DIST_BIAS = np.float32(1.7998046875)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """float32 sigmoid into one new array (a heatmap is 0.6 MB: each temporary is a new mapping)."""
+    """float32 sigmoid into one new array, without temporaries."""
     out = np.negative(x, dtype=np.float32)
     np.exp(out, out=out)
     out += np.float32(1.0)

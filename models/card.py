@@ -56,6 +56,9 @@ class VariantInfo(BaseModel):
 
     ``accuracy``: ``{dataset, images, fp32_ap, ap, ap_delta, max_ap_drop, forced}`` (AP by
     pycocotools on real photos; ``ap_delta`` = variant AP - fp32 AP).
+
+    ``fp32_from`` (OpenVINO bf16): the tensor after which the graph runs in fp32, the latest that
+    kept the AP within budget (`models.optimize`); None: just before the heads.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +69,7 @@ class VariantInfo(BaseModel):
     precision: Literal["fp32", "bf16", "fp16", "int8"]
     calibration: dict[str, Any] | None = None
     accuracy: dict[str, Any]
+    fp32_from: str | None = None
 
     @property
     def within_budget(self) -> bool:

@@ -267,6 +267,7 @@ def models_optimize(
         f"{result.card.name}: AP {acc['ap']:.4f} vs fp32 {acc['fp32_ap']:.4f} (delta {acc['ap_delta']:+.4f}, "
         f"budget -{max_ap_drop}); batch 1: {result.img_per_s:.1f} img/s vs fp32 onnxruntime "
         f"{result.fp32_img_per_s:.1f} img/s ({result.img_per_s / result.fp32_img_per_s:.2f}x)"
+        + (f"; fp32 after {variant.fp32_from}" if variant.fp32_from else "")
     )
     if not result.installed:
         typer.echo(f"refused: loses more than {max_ap_drop} AP (use --force to install anyway)", err=True)

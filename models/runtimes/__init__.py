@@ -70,11 +70,14 @@ def open_session(
     allow_spinning: bool = True,
     static_input: tuple[int, ...] | None = None,
     graph: bytes | None = None,
+    fp32_from: str | None = None,
 ) -> Session:
     """One session of the ONNX file at `path` on `runtime` at `precision`.
 
     `graph`: a serialized ONNX graph derived from that file to run instead (e.g. with heads cut by
     `models.sparse_heads`); `path` still names the session.
+
+    `fp32_from`: where an OpenVINO bf16 graph hands over to fp32 (`OvModel`); None: before its heads.
 
     `static_input`: OpenVINO compiles for exactly this input shape (batch included), which then is
     the only one it runs: on a CPU that beat the file's dynamic axes by 5-8 % (movenet-multipose
@@ -90,7 +93,14 @@ def open_session(
     if runtime == "openvino":
         from models.runtimes.openvino import OvModel
 
-        return OvModel(path, precision=precision, threads=intra_op_threads, static_input=static_input, graph=graph)
+        return OvModel(
+            path,
+            precision=precision,
+            threads=intra_op_threads,
+            static_input=static_input,
+            graph=graph,
+            fp32_from=fp32_from,
+        )
     return OrtModel(
         path,
         graph=graph,

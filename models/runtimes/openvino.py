@@ -6,18 +6,22 @@ quantized layers in int8, the rest in fp32), ``bf16`` on CPUs with AVX512-BF16/A
 the CPU has it. The LATENCY hint with one stream per session: on few cores it was faster than the
 THROUGHPUT hint, and the engine runs one session per worker thread anyway.
 
-bf16 keeps the heads in fp32: the graph is cut at the last tensor every output depends on
-(`split_heads`), the trunk before it runs in bf16 and the heads after it in fp32. The CPU plugin
-ignores per-node precision marks (rt_info) under a bf16 hint, hence two compiled models. On
-movenet-multipose (pose_samples keypoint AP, fp32 0.2776): all bf16 -0.0108 at 1.94x fp32's
-batch-1 speed; trunk bf16 + heads fp32 -0.0086 at 1.62x; trunk fp32 + heads bf16 -0.0026 at 1.06x;
-all bf16 but the six final 1x1 head convolutions -0.0118.
+bf16 runs an fp32 tail: the graph is cut after a tensor every output depends on (`split_heads`),
+the trunk before it runs in bf16 and the tail after it in fp32. The CPU plugin ignores per-node
+precision marks (rt_info) under a bf16 hint, hence two compiled models. Where to cut is the
+variant's (`VariantInfo.fp32_from`): `models optimize` tries the places `fp32_cuts` offers, latest
+first, and keeps the first whose keypoint AP stays within budget; without a record, just before the
+heads. On movenet-multipose (pose_samples keypoint AP, fp32 0.2776): all bf16 -0.0108 at 1.94x
+fp32's batch-1 speed; fp32 heads -0.0086 at 1.62x on one CPU and package set, -0.0111 on another;
+fp32 from the last 1x1 convolution before the heads -0.0072 there, at the same speed; trunk fp32 +
+heads bf16 -0.0026 at 1.06x.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ import openvino.opset13 as opset
 
 from models.runtime import CastBuffer
 
-__all__ = ["OvModel", "cpu_capabilities", "split_heads"]
+__all__ = ["OvModel", "cpu_capabilities", "fp32_cuts", "split_heads", "tensor_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +58,43 @@ def _reaches_results_without(ops: list[Any], results: set[str], cut: ov.Output) 
     return bool(reached & results)
 
 
-def split_heads(model: ov.Model) -> tuple[ov.Model, ov.Model] | None:
-    """(trunk, heads): `model` cut at the latest tensor every output depends on, the heads taking
-    it as their one input (outputs in the model's order). None when there is no such tensor, or
-    when the heads would hold no convolution or matmul, or half or more of them. Rewires `model`."""
+def fp32_cuts(model: ov.Model, named: str | None = None) -> Iterator[ov.Output]:
+    """Where a bf16 trunk may hand over to an fp32 tail, latest first: the named tensors every
+    output depends on, after which some but fewer than half of the convolutions and matmuls run
+    (`named`: only the tensor of that name, if it is one). Of cuts with the same convolutions and
+    matmuls after them, only the latest."""
     ops = list(model.get_ordered_ops())
     results = {r.get_name() for r in model.get_results()}
-    cut: ov.Output | None = None
-    for op in reversed(ops):
-        if op.get_type_name() in _SKIPPED_OPS:
-            continue
-        cut = next((o for o in op.outputs() if not _reaches_results_without(ops, results, o)), None)
-        if cut is not None:
-            break
-    if cut is None:
-        return None
-    position = next(i for i, op in enumerate(ops) if op.get_name() == cut.get_node().get_name())
     compute = [op.get_type_name() in _COMPUTE_OPS for op in ops]
-    heads_compute = sum(compute[position + 1 :])
-    if heads_compute == 0 or heads_compute * 2 >= sum(compute):
+    total, tail, yielded_at = sum(compute), 0, 0
+    for op, is_compute in zip(reversed(ops), reversed(compute), strict=True):
+        if tail * 2 >= total:
+            return
+        if tail > yielded_at and op.get_type_name() not in _SKIPPED_OPS:
+            for output in op.outputs():
+                names = output.get_names()
+                if (named in names if named is not None else names) and not _reaches_results_without(
+                    ops, results, output
+                ):
+                    yield output
+                    yielded_at = tail
+                    break
+        tail += is_compute
+
+
+def tensor_name(output: ov.Output) -> str:
+    """An ONNX tensor's name as OpenVINO keeps it (one of the output's names, the same each read)."""
+    return min(output.get_names())
+
+
+def split_heads(model: ov.Model, fp32_from: str | None = None) -> tuple[ov.Model, ov.Model] | None:
+    """(trunk, tail): `model` cut after the tensor named `fp32_from`, else after the latest of
+    `fp32_cuts`; the tail takes it as its one input (outputs in the model's order). None when there
+    is no such tensor. Raises ValueError when `fp32_from` names none of `fp32_cuts`. Rewires `model`."""
+    cut = next(fp32_cuts(model, fp32_from), None)
+    if cut is None:
+        if fp32_from is not None:
+            raise ValueError(f"{fp32_from} is not a tensor where this graph can be cut into trunk and tail")
         return None
     consumers = list(cut.get_target_inputs())
     trunk = ov.Model([cut], list(model.get_parameters()), "trunk")
@@ -103,10 +125,12 @@ class OvModel:
         threads: int = 0,
         static_input: tuple[int, ...] | None = None,
         graph: bytes | None = None,
+        fp32_from: str | None = None,
     ) -> None:
         """`static_input`: compile for exactly this shape of the first input (else the file's own,
         dynamic, axes); the session then runs nothing else. `graph`: a serialized ONNX graph to run
-        instead of the file's own."""
+        instead of the file's own. `fp32_from` (bf16): the tensor after which the graph runs in fp32
+        (`split_heads`; the variant's card records it)."""
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -127,7 +151,7 @@ class OvModel:
             model.reshape({0: ov.PartialShape(list(static_input))})
         # the ONNX output names (a compiled model's outputs carry more aliases than the graph's own)
         self.output_names: list[str] = [r.get_friendly_name().removesuffix("/sink_port_0") for r in model.get_results()]
-        parts = split_heads(model) if precision == "bf16" else None
+        parts = split_heads(model, fp32_from) if precision == "bf16" else None
         if parts is None:
             self.compiled = [_core().compile_model(model, "CPU", config)]
         else:  # trunk in bf16, heads in fp32

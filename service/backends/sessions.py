@@ -30,6 +30,7 @@ def load_sessions(
     precision: Precision = "fp32",
     row_shape: tuple[int, ...] | None = None,
     graph: bytes | None = None,
+    fp32_from: str | None = None,
 ) -> list[Session]:
     """`settings.workers` sessions of the ONNX file at `path` (one per worker thread), on `runtime`
     (None: `settings.runtime`, else ONNX Runtime) at `precision` (`settings.fp16`: fp16).
@@ -37,9 +38,9 @@ def load_sessions(
     `spinning` is the default for idle ORT threads busy-waiting, unless `settings.ort_spinning`
     says otherwise. `row_shape` (one input row, the batch axis left out) with `max_batch` 1: the
     runtime may compile for exactly that input (`open_session`'s `static_input`). `graph`: a graph
-    derived from the file to run instead (`open_session`). The sessions'
-    threads run `settings.worker_nice` levels below the caller. A file that cannot be loaded
-    raises `BackendUnavailableError`.
+    derived from the file to run instead (`open_session`); `fp32_from`: where an OpenVINO bf16
+    graph turns fp32 (its variant card's). The sessions' threads run `settings.worker_nice` levels
+    below the caller. A file that cannot be loaded raises `BackendUnavailableError`.
     """
     if settings.ort_spinning is not None:
         spinning = settings.ort_spinning
@@ -55,6 +56,7 @@ def load_sessions(
                 allow_spinning=spinning,
                 static_input=(1, *row_shape) if row_shape is not None and settings.max_batch == 1 else None,
                 graph=graph,
+                fp32_from=fp32_from,
             )
             for _ in range(settings.workers)
         ]

@@ -77,6 +77,7 @@ class SingleStageBackend(LoadedBackend):
                 precision=choice.precision,
                 row_shape=_blank_row(pipeline).shape,
                 graph=graph,
+                fp32_from=stored.card.variant.fp32_from if stored.card.variant else None,
             ),
             settings=bs,
             metrics=metrics,

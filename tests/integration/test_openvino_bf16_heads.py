@@ -1,11 +1,13 @@
-"""OpenVINO sessions: bf16 keeps the heads in fp32 (`models.runtimes.openvino.split_heads`), and a
+"""OpenVINO sessions: bf16 runs an fp32 tail (`models.runtimes.openvino.split_heads`), and a
 backend at `max_batch` 1 compiles for its exact input shape.
 
-- a small graph (a trunk of three convolutions feeding two heads) is cut where its two outputs part,
-  and trunk + heads compute what the whole graph computes; a plain chain is not cut;
-- the real movenet-multipose: the bf16 session is cut at the feature map all six heads read, and its
-  pose_samples keypoint AP stays within the default 0.01 budget of fp32 (the whole graph in bf16
-  lost 0.0108 on this CPU). Where the CPU has no bf16, the hint runs fp32 and the delta is 0;
+- a small graph (a trunk of three convolutions feeding two heads) offers the places where every
+  output still depends on one tensor, latest first; cut at either, trunk + tail compute what the
+  whole graph computes; a chain is cut before its last convolution; unnamed tensors are no places;
+- the real movenet-multipose: `optimize` keeps the shortest fp32 tail whose pose_samples keypoint AP
+  stays within the default 0.01 budget of fp32 (on one CPU the tail from the feature map the heads
+  read lost 0.0111, the tail from the last 1x1 convolution before it 0.0072), records it on the
+  card, and the backend's sessions run that tail. Where the CPU has no bf16, the hint runs fp32;
 - a session compiled for a static input computes what the file's dynamic axes compute, runs no other
   shape, and is what `load_sessions` opens at `max_batch` 1 only.
 """
@@ -43,55 +45,88 @@ def ov() -> Any:
     return openvino
 
 
-def conv(ov: Any, x: Any, out_ch: int, seed: int) -> Any:
+def conv(ov: Any, x: Any, out_ch: int, seed: int, name: str | None = None) -> Any:
     import openvino.opset13 as opset
 
     in_ch = x.get_output_partial_shape(0)[1].get_length()
     w = np.random.default_rng(seed).normal(0, 0.3, (out_ch, in_ch, 3, 3)).astype(np.float32)
-    return opset.relu(opset.convolution(x, opset.constant(w), [1, 1], [1, 1], [1, 1], [1, 1]))
+    out = opset.relu(opset.convolution(x, opset.constant(w), [1, 1], [1, 1], [1, 1], [1, 1]))
+    if name is not None:  # as the ONNX frontend names its tensors
+        out.output(0).set_names({name})
+    return out
 
 
-def small_graph(ov: Any, heads: int) -> Any:
+def small_graph(ov: Any, heads: int, named: bool = True) -> Any:
+    """input -> conv a -> conv b -> conv c -> `heads` convs (outputs)."""
     import openvino.opset13 as opset
 
     x = opset.parameter([1, 3, 16, 16], np.float32, name="input")
-    trunk = conv(ov, conv(ov, conv(ov, x, 8, 0), 8, 1), 8, 2)
-    outputs = [conv(ov, trunk, 2, 10 + i) for i in range(heads)]
-    return ov.Model([o.output(0) for o in outputs], [x], "small"), trunk
+    a = conv(ov, x, 8, 0, "a" if named else None)
+    trunk = conv(ov, conv(ov, a, 8, 1, "b" if named else None), 8, 2, "c" if named else None)
+    outputs = [conv(ov, trunk, 2, 10 + i, f"out{i}" if named else None) for i in range(heads)]
+    return ov.Model([o.output(0) for o in outputs], [x], "small")
 
 
 def test_a_small_graph_is_cut_where_its_outputs_part(ov: Any) -> None:
-    from models.runtimes.openvino import split_heads
+    from models.runtimes.openvino import fp32_cuts, split_heads, tensor_name
 
-    model, trunk_out = small_graph(ov, heads=2)
     core = ov.Core()
     x = np.random.default_rng(5).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
-    whole = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x}).to_tuple()
-    parts = split_heads(model)
-    assert parts is not None
-    trunk, heads = parts
-    assert trunk.outputs[0].get_node().input_value(0).get_node().get_name() == trunk_out.get_name()
-    feature = core.compile_model(trunk, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x}).to_tuple()[0]
-    out = core.compile_model(heads, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: feature}).to_tuple()
-    assert len(out) == len(whole) == 2
-    for a, b in zip(out, whole, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    whole = core.compile_model(small_graph(ov, 2), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x}).to_tuple()
+    # a tail holds some but fewer than half of the convolutions: 2 of 5 after c, 3 of 5 after b
+    assert [tensor_name(c) for c in fp32_cuts(small_graph(ov, 2))] == ["c"]
+    assert [tensor_name(c) for c in fp32_cuts(small_graph(ov, 1))] == ["c"]
+    for fp32_from in (None, "c"):
+        parts = split_heads(small_graph(ov, 2), fp32_from)
+        assert parts is not None
+        trunk, tail = parts
+        assert trunk.outputs[0].get_names() == {"c"}
+        feature = core.compile_model(trunk, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x}).to_tuple()[0]
+        out = core.compile_model(tail, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: feature}).to_tuple()
+        assert len(out) == len(whole) == 2
+        for got, want in zip(out, whole, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
-    chain, _ = small_graph(ov, heads=1)  # one output: its last op is the only cut, no head to keep
-    assert split_heads(chain) is None
+    for where in ("b", "out0"):  # a tail of half the convolutions; a tensor one output does not read
+        with pytest.raises(ValueError, match=f"{where} is not a tensor"):
+            split_heads(small_graph(ov, 2), where)
+    chain = split_heads(small_graph(ov, 1))  # one output: the tail is its last convolution
+    assert chain is not None and chain[0].outputs[0].get_names() == {"c"}
+    assert split_heads(small_graph(ov, 2, named=False)) is None  # unnamed tensors are no places
 
 
-def test_movenet_bf16_keeps_heads_fp32_within_the_ap_budget(ov: Any, model_dir: Path) -> None:
+def test_movenet_bf16_tail_is_chosen_within_the_ap_budget(ov: Any, model_dir: Path, tmp_path: Path) -> None:
+    from models.optimize import optimize
+    from models.runtimes import variant_name
+    from models.runtimes.openvino import fp32_cuts, tensor_name
+    from models.weights import WeightsStore
+    from service.backends.sessions import load_sessions
+    from service.config import BackendSettings
+    from tests.support import linked_store
+
     samples = require_pose_samples()
-    path = model_dir / "movenet-multipose.onnx"
-    pipeline = build.single_stage(registry.MODELS["movenet-multipose"], None, PipelineOptions())
-    fp32 = open_session(path, providers=("cpu",), intra_op_threads=1)
-    bf16 = open_session(path, runtime="openvino", precision="bf16", providers=("cpu",), intra_op_threads=1)
-    assert bf16.providers == ["OpenVINO/CPU/bf16+f32-heads"]
+    name = "movenet-multipose"
+    store = WeightsStore(linked_store(tmp_path / "models", model_dir, name))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' tables
-        fp32_ap, bf16_ap = keypoint_ap(fp32, pipeline, samples)["AP"], keypoint_ap(bf16, pipeline, samples)["AP"]
-    logger.info("pose_samples keypoint AP: fp32 %.4f, bf16 with fp32 heads %.4f", fp32_ap, bf16_ap)
-    assert bf16_ap - fp32_ap >= -DEFAULT_MAX_AP_DROP, (fp32_ap, bf16_ap)
+        result = optimize(store, name, runtime="openvino", precision="bf16", samples=samples, seconds=0.2)
+    variant = result.card.variant
+    assert variant is not None and result.installed
+    logger.info("bf16 with fp32 after %s: AP delta %+.4f", variant.fp32_from, variant.accuracy["ap_delta"])
+    assert variant.accuracy["ap_delta"] >= -DEFAULT_MAX_AP_DROP
+    places = [tensor_name(c) for c in fp32_cuts(ov.Core().read_model(str(model_dir / f"{name}.onnx")))]
+    assert variant.fp32_from in places
+
+    stored = store.require(variant_name(name, "openvino", "bf16"))
+    assert stored.card.variant is not None and stored.card.variant.fp32_from == variant.fp32_from
+    settings = BackendSettings(runtime="openvino", precision="bf16", workers=1, intra_op_threads=1)
+    session = load_sessions(
+        stored.path, settings, name, spinning=False, precision="bf16", fp32_from=stored.card.variant.fp32_from
+    )[0]
+    assert session.providers == ["OpenVINO/CPU/bf16+f32-heads"]
+    pipeline = build.single_stage(registry.MODELS[name], None, PipelineOptions())
+    with contextlib.redirect_stdout(io.StringIO()):
+        ap = keypoint_ap(session, pipeline, samples)["AP"]
+    assert abs(ap - variant.accuracy["ap"]) < 1e-3, (ap, variant.accuracy)
 
 
 def test_a_static_input_session_computes_what_the_dynamic_one_does(

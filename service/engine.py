@@ -88,6 +88,8 @@ class _Worker(Generic[Session]):
 
     index: int
     session: Session
+    wake: threading.Condition
+    """shares the runner's lock: notified when an item arrives and this worker is the one woken"""
     thread: threading.Thread | None = None
     dead: bool = False
     held: list[Pending[Any]] = field(default_factory=list)
@@ -135,13 +137,18 @@ class StageRunner(Generic[In, Out, Session]):
             max_queue_delay_ms=settings.max_queue_delay_ms,
             clock=clock,
         )
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # re-entered: cancelling a future under it runs `_on_done`
+        self._cond = threading.Condition(self._lock)
         self._stopping = False
         self._started = False
         self._run_batch = run_batch
         self._metrics = metrics
         self._labels = {"backend": backend, "stage": stage}
-        self._workers = [_Worker(index=i, session=s) for i, s in enumerate(sessions)]
+        self._workers = [
+            _Worker(index=i, session=s, wake=threading.Condition(self._lock)) for i, s in enumerate(sessions)
+        ]
+        self._idle: list[_Worker[Session]] = []
+        """workers waiting for items, the one that went idle last on top: it is woken first"""
         self._given_up = 0
         self._supervisor: Supervisor[_Worker[Session]] = Supervisor(
             f"{backend}-{stage}-supervisor",
@@ -171,7 +178,8 @@ class StageRunner(Generic[In, Out, Session]):
             self._stopping = True
             for p in self._batcher.drain():
                 p.item.future.cancel()
-            self._cond.notify_all()
+            for worker in self._workers:
+                worker.wake.notify_all()
         deadline = time.monotonic() + timeout_s
         self._supervisor.stop(timeout_s)
         for t in [w.thread for w in self._workers if w.thread is not None]:
@@ -284,7 +292,8 @@ class StageRunner(Generic[In, Out, Session]):
                 self._metrics.items_dropped_total.labels(**self._labels, reason="overloaded").inc()
                 raise
             self._metrics.queue_depth.labels(**self._labels).set(len(self._batcher))
-            self._cond.notify()
+            if self._idle:
+                self._idle.pop().wake.notify()
         job.future.add_done_callback(lambda f: self._on_done(f, pending))
         return job.future
 
@@ -298,7 +307,13 @@ class StageRunner(Generic[In, Out, Session]):
 
     # -- workers ---------------------------------------------------------------------------------
     def _next_batch(self, worker: _Worker[Session]) -> tuple[list[Pending[_Job[In, Out]]], float] | None:
-        """(batch, the time it was taken) once one is ready; the worker holds it from then on."""
+        """(batch, the time it was taken) once one is ready; the worker holds it from then on.
+
+        An arriving item wakes the worker that went idle last (LIFO): below full load the same
+        worker keeps taking items while its runtime's threads and caches are warm. Woken in turn
+        (FIFO), two OpenVINO sessions on 2 cores each idled through the other's request at
+        concurrency 1, and a session idle for 20 ms ran the next image 1.2 ms slower than one
+        idle for 7 ms (16.7 vs 15.5 ms, movenet-multipose bf16)."""
         with self._cond:
             while not self._stopping:
                 now = self._clock()
@@ -310,7 +325,12 @@ class StageRunner(Generic[In, Out, Session]):
                     return batch, now
                 event_at = self._batcher.next_event_at()
                 timeout = None if event_at is None else max(0.0, event_at - self._clock())
-                self._cond.wait(timeout)
+                self._idle.append(worker)
+                try:
+                    worker.wake.wait(timeout)
+                finally:
+                    if worker in self._idle:  # woken by its timeout (or at stop), not by an item
+                        self._idle.remove(worker)
             return None
 
     def _drop_expired(self) -> None:

@@ -7,6 +7,7 @@ a full batch is released at once. Every wait on a future or an event has a timeo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
 
@@ -199,6 +200,22 @@ def test_a_failing_batch_fails_only_its_items_and_the_worker_goes_on(
     assert session.batches == [["boom", "x"], ["a", "b"], ["c", "d"]]
     assert runner.alive_workers == runner.worker_count == 1
     assert sample(metrics, "poseserve_batch_size_count") == 2  # only batches that produced outputs
+
+
+def test_an_item_wakes_the_worker_that_went_idle_last(make_runner: RunnerFactory, clock: FakeClock) -> None:
+    """One item at a time, each submitted once both workers wait: the same worker takes them all
+    (its runtime stays warm), where waking the longest waiter would alternate the two."""
+    sessions = [FakeSession(), FakeSession()]
+    runner, _ = make_runner(sessions, max_batch=1)
+    runner.start()
+    for payload in "abcdef":
+        deadline = time.monotonic() + WAIT_S
+        while len(runner._idle) < 2:  # both wait: the last to finish is on top
+            assert time.monotonic() < deadline, "the workers never went idle"
+            time.sleep(0.001)
+        assert runner.submit(payload, deadline=clock.now + 1).result(WAIT_S).value == payload.upper()
+    ran = sorted(len(s.batches) for s in sessions)
+    assert ran[-1] >= 5, [s.batches for s in sessions]  # the first item may go to either
 
 
 def test_stop_cancels_queued_items_and_joins_the_workers(make_runner: RunnerFactory, clock: FakeClock) -> None:

@@ -138,7 +138,6 @@ class StageRunner(Generic[In, Out, Session]):
             clock=clock,
         )
         self._lock = threading.RLock()  # re-entered: cancelling a future under it runs `_on_done`
-        self._cond = threading.Condition(self._lock)
         self._stopping = False
         self._started = False
         self._run_batch = run_batch
@@ -160,7 +159,7 @@ class StageRunner(Generic[In, Out, Session]):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        with self._cond:
+        with self._lock:
             for worker in self._workers:
                 worker.thread = self._thread(worker)
                 worker.thread.start()
@@ -174,7 +173,7 @@ class StageRunner(Generic[In, Out, Session]):
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting work, fail what is queued, and join the workers and the supervisor."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
             for p in self._batcher.drain():
                 p.item.future.cancel()
@@ -216,7 +215,7 @@ class StageRunner(Generic[In, Out, Session]):
     def seed_batch_time(self, size: int, seconds: float) -> None:
         """A measured batch duration from before serving (warm-up), so that the first admissions
         already have an estimate."""
-        with self._cond:
+        with self._lock:
             self._admission.times.observe(size, seconds)
 
     # -- admission and submission ----------------------------------------------------------------
@@ -227,7 +226,7 @@ class StageRunner(Generic[In, Out, Session]):
         `QueueFullError` at `max_queue` items, `BackendUnavailableError` without a live worker;
         each carries `retry_after_s`. Cheap: call it before reading or decoding anything.
         """
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise BackendUnavailableError(f"backend {self.backend} is shutting down")
             decision = self._admission.reserve(queued=len(self._batcher), workers=self._live_workers())
@@ -237,7 +236,7 @@ class StageRunner(Generic[In, Out, Session]):
             return Ticket(self._release, admitted_at=self._clock())
 
     def _release(self, ticket: Ticket) -> None:
-        with self._cond:
+        with self._lock:
             self._consume(ticket)
 
     def _consume(self, ticket: Ticket) -> None:
@@ -271,7 +270,7 @@ class StageRunner(Generic[In, Out, Session]):
         """Queue one item (deadline on this runner's clock) in the slot `ticket` reserved, or, without
         one, if admitted now (raises like `admit`)."""
         job: _Job[In, Out] = _Job(payload=payload, future=Future())
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 if ticket is not None:
                     self._consume(ticket)
@@ -300,7 +299,7 @@ class StageRunner(Generic[In, Out, Session]):
     def _on_done(self, future: Future[ItemResult[Out]], pending: Pending[_Job[In, Out]]) -> None:
         if not future.cancelled():
             return
-        with self._cond:
+        with self._lock:
             if self._batcher.remove(pending):
                 self._metrics.items_dropped_total.labels(**self._labels, reason="cancelled").inc()
                 self._metrics.queue_depth.labels(**self._labels).set(len(self._batcher))
@@ -314,7 +313,7 @@ class StageRunner(Generic[In, Out, Session]):
         (FIFO), two OpenVINO sessions on 2 cores each idled through the other's request at
         concurrency 1, and a session idle for 20 ms ran the next image 1.2 ms slower than one
         idle for 7 ms (16.7 vs 15.5 ms, movenet-multipose bf16)."""
-        with self._cond:
+        with self._lock:
             while not self._stopping:
                 now = self._clock()
                 self._drop_expired()
@@ -370,7 +369,7 @@ class StageRunner(Generic[In, Out, Session]):
             batch, taken_at = got
             live = [p for p in batch if p.item.future.set_running_or_notify_cancel()]
             if live:
-                with self._cond:
+                with self._lock:
                     self._admission.started(worker.index, len(live))
                 self._metrics.workers.labels(state="idle").dec()
                 self._metrics.workers.labels(state="busy").inc()
@@ -379,7 +378,7 @@ class StageRunner(Generic[In, Out, Session]):
                 finally:
                     self._metrics.workers.labels(state="busy").dec()
                     self._metrics.workers.labels(state="idle").inc()
-            with self._cond:
+            with self._lock:
                 worker.held = []
                 if live:
                     self._admission.finished(worker.index)
@@ -410,7 +409,7 @@ class StageRunner(Generic[In, Out, Session]):
                 "it is being restarted, retry",
                 retry_after_s=WORKER_LOST_RETRY_AFTER_S,
             )
-            with self._cond:
+            with self._lock:
                 worker.dead = True
                 held, worker.held = worker.held, []
                 self._admission.abandoned(worker.index)
@@ -422,7 +421,7 @@ class StageRunner(Generic[In, Out, Session]):
 
     def _restart(self, worker: _Worker[Session]) -> None:
         """(Supervisor) a new thread for `worker`, with the same session."""
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 return
             self._metrics.worker_restarts_total.labels(**self._labels).inc()  # counted before it takes work
@@ -443,7 +442,7 @@ class StageRunner(Generic[In, Out, Session]):
             budget.max_restarts,
             budget.window_s,
         )
-        with self._cond:
+        with self._lock:
             self._given_up += 1
             if self.alive_workers:
                 return

@@ -165,9 +165,12 @@ class OvModel:
         logger.info("loaded %s with OpenVINO %s (%s)", path.name, ov.__version__, precision)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one batch (N, ...) and return every output in `output_names` order (copies: the
-        request reuses its output buffers on the next run)."""
-        results = self.requests[0].infer({0: np.ascontiguousarray(self._cast(batch))}, share_inputs=True).to_tuple()
-        for request in self.requests[1:]:  # the heads, on the trunk's output
-            results = request.infer({0: results[0]}, share_inputs=True).to_tuple()
-        return [np.array(r) for r in results]
+        """Run one batch (N, ...) and return every output in `output_names` order: copies (`infer`
+        copies unless told to share; the request reuses its buffers on the next run). The trunk's
+        output is shared instead, as the heads read it at once (for movenet-multipose a 885 KB copy
+        fewer per image, and the outputs copied once, not twice: 0.4-0.7 ms less a run in a loop
+        on one thread, too little to show served)."""
+        inputs = {0: np.ascontiguousarray(self._cast(batch))}
+        for request in self.requests[:-1]:  # the trunk, whose output is the heads' input
+            inputs = {0: request.infer(inputs, share_inputs=True, share_outputs=True).to_tuple()[0]}
+        return list(self.requests[-1].infer(inputs, share_inputs=True).to_tuple())

@@ -128,6 +128,16 @@ def test_movenet_bf16_tail_is_chosen_within_the_ap_budget(ov: Any, model_dir: Pa
         ap = keypoint_ap(session, pipeline, samples)["AP"]
     assert abs(ap - variant.accuracy["ap"]) < 1e-3, (ap, variant.accuracy)
 
+    # what a run returns is its own: the next run (trunk output shared with the heads) changes none of it
+    from models.optimize import read_rgb
+
+    first, second = (pipeline.preprocess(read_rgb(p))[0][None] for p in sorted((samples / "images").rglob("*.jpg"))[:2])
+    answered = session.run(first)
+    kept = [a.copy() for a in answered]
+    session.run(second)
+    for a, b in zip(answered, kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+
 
 def test_a_static_input_session_computes_what_the_dynamic_one_does(
     ov: Any, model_dir: Path, pose_sample_images: list[Path]

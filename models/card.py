@@ -103,6 +103,11 @@ class ModelCard(BaseModel):
     variant: VariantInfo | None = None
     """Set on precision variants only (their store name is ``MODEL.RUNTIME-PRECISION``)."""
 
+    @property
+    def fp32_from(self) -> str | None:
+        """Where a bf16 variant's graph turns fp32 (`VariantInfo.fp32_from`); None for the rest."""
+        return self.variant.fp32_from if self.variant is not None else None
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 

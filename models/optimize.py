@@ -71,34 +71,54 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
+@dataclass(frozen=True)
+class _Photos:
+    """A COCO keypoint folder decoded once: its annotations and each photo as `pipeline`'s input,
+    to score any number of sessions on."""
+
+    pipeline: SingleStage
+    coco: dict[str, Any]
+    rows: list[tuple[int, np.ndarray, Any]]
+    """(image id, model input row, geometry) per photo"""
+
+    @classmethod
+    def load(cls, pipeline: SingleStage, samples: Path) -> _Photos:
+        coco = json.loads((samples / "person_keypoints.json").read_text())
+        rows = []
+        for image in coco["images"]:
+            row, geometry = pipeline.preprocess(read_rgb(samples / image["file_name"]))
+            rows.append((image["id"], row, geometry))
+        return cls(pipeline, coco, rows)
+
+    def ap(self, session: Session) -> dict[str, float]:
+        """COCO keypoint AP/AR of `session` (every person the model answers, as ``/v1/pose?min_score=0``)."""
+        results: list[dict[str, Any]] = []
+        for image_id, row, geometry in self.rows:
+            persons = self.pipeline.postprocess([o[0] for o in session.run(row[None])], geometry)
+            if len(persons.scores):
+                results += coco_keypoint_results(image_id, persons.keypoints, persons.scores)
+        return evaluate_keypoints(self.coco, results)
+
+
 def keypoint_ap(session: Session, pipeline: SingleStage, samples: Path) -> dict[str, float]:
     """COCO keypoint AP/AR of `session` on ``samples/person_keypoints.json`` + its images (every
     person the model answers, as ``/v1/pose?min_score=0``)."""
-    coco = json.loads((samples / "person_keypoints.json").read_text())
-    results: list[dict[str, Any]] = []
-    for image in coco["images"]:
-        row, geometry = pipeline.preprocess(read_rgb(samples / image["file_name"]))
-        persons = pipeline.postprocess([o[0] for o in session.run(row[None])], geometry)
-        if len(persons.scores):
-            results += coco_keypoint_results(image["id"], persons.keypoints, persons.scores)
-    return evaluate_keypoints(coco, results)
+    return _Photos.load(pipeline, samples).ap(session)
 
 
 def _bf16_tail(
-    path: Path, pipeline: SingleStage, samples: Path, fp32_ap: float, max_ap_drop: float
+    path: Path, photos: _Photos, fp32_ap: float, max_ap_drop: float
 ) -> tuple[Session, dict[str, float], str | None]:
-    """OpenVINO bf16 with the shortest fp32 tail that keeps the AP within `max_ap_drop` of
-    `fp32_ap`: each place `fp32_cuts` offers, latest first, until one does; else the one that lost
-    least. (session, its AP stats, the tensor the tail starts after; None: no cut, all bf16)."""
-    import openvino as ov
+    """OpenVINO bf16 with the shortest fp32 tail that keeps the AP on `photos` within `max_ap_drop`
+    of `fp32_ap`: each place `fp32_cuts` offers, latest first, until one does; else the one that
+    lost least. (session, its AP stats, the tensor the tail starts after; None: no cut, all bf16)."""
+    from models.runtimes.openvino import fp32_cut_names
 
-    from models.runtimes.openvino import fp32_cuts, tensor_name
-
-    names: list[str | None] = [tensor_name(c) for c in fp32_cuts(ov.Core().read_model(str(path)))] or [None]
     best: tuple[Session, dict[str, float], str | None] | None = None
+    names: list[str | None] = [*fp32_cut_names(path)] or [None]
     for name in names:
         session = open_session(path, runtime="openvino", precision="bf16", providers=("cpu",), fp32_from=name)
-        stats = keypoint_ap(session, pipeline, samples)
+        stats = photos.ap(session)
         logger.info("bf16, fp32 after %s: AP %.4f (fp32 %.4f)", name, stats["AP"], fp32_ap)
         if best is None or stats["AP"] > best[1]["AP"]:
             best = (session, stats, name)
@@ -244,13 +264,14 @@ def optimize(
             path.write_bytes(base.path.read_bytes())
         onnx_bytes = path.read_bytes()
         fp32 = open_session(base.path, providers=("cpu",))
-        fp32_stats = keypoint_ap(fp32, pipeline, samples)
+        photos = _Photos.load(pipeline, samples)
+        fp32_stats = photos.ap(fp32)
         fp32_from: str | None = None
         if runtime == "openvino" and precision == "bf16":
-            variant, stats, fp32_from = _bf16_tail(path, pipeline, samples, fp32_stats["AP"], max_ap_drop)
+            variant, stats, fp32_from = _bf16_tail(path, photos, fp32_stats["AP"], max_ap_drop)
         else:
             variant = open_session(path, runtime=runtime, precision=precision, providers=("cpu",))
-            stats = keypoint_ap(variant, pipeline, samples)
+            stats = photos.ap(variant)
         row = pipeline.preprocess(read_rgb(sorted((samples / "images").rglob("*.jpg"))[0]))[0]
         fp32_ips = throughput_batch1(fp32, row, seconds)
         ips = throughput_batch1(variant, row, seconds)
@@ -259,7 +280,7 @@ def optimize(
     ap_delta = stats["AP"] - fp32_stats["AP"]
     accuracy = {
         "dataset": str(samples),
-        "images": len(json.loads((samples / "person_keypoints.json").read_text())["images"]),
+        "images": len(photos.rows),
         "fp32_ap": round(fp32_stats["AP"], 4),
         "ap": round(stats["AP"], 4),
         "ap_delta": round(ap_delta, 4),

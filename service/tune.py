@@ -213,7 +213,7 @@ def _bare_measure(
             precision=precision,
             row_shape=row.shape,
             graph=graph,
-            fp32_from=stored.card.variant.fp32_from if stored.card.variant else None,
+            fp32_from=stored.card.fp32_from,
         )
         return _measure(sessions, np.stack([row] * size), seconds)
 

@@ -31,7 +31,7 @@ import openvino.opset13 as opset
 
 from models.runtime import CastBuffer
 
-__all__ = ["OvModel", "cpu_capabilities", "fp32_cuts", "split_heads", "tensor_name"]
+__all__ = ["OvModel", "cpu_capabilities", "fp32_cut_names", "fp32_cuts", "split_heads", "tensor_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ def fp32_cuts(model: ov.Model, named: str | None = None) -> Iterator[ov.Output]:
 def tensor_name(output: ov.Output) -> str:
     """An ONNX tensor's name as OpenVINO keeps it (one of the output's names, the same each read)."""
     return min(output.get_names())
+
+
+def fp32_cut_names(path: Path) -> list[str]:
+    """The `tensor_name`s of `fp32_cuts` in the ONNX file at `path`, latest first."""
+    return [tensor_name(cut) for cut in fp32_cuts(_core().read_model(str(path)))]
 
 
 def split_heads(model: ov.Model, fp32_from: str | None = None) -> tuple[ov.Model, ov.Model] | None:

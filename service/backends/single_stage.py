@@ -77,7 +77,7 @@ class SingleStageBackend(LoadedBackend):
                 precision=choice.precision,
                 row_shape=_blank_row(pipeline).shape,
                 graph=graph,
-                fp32_from=stored.card.variant.fp32_from if stored.card.variant else None,
+                fp32_from=stored.card.fp32_from,
             ),
             settings=bs,
             metrics=metrics,

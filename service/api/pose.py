@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -108,11 +109,12 @@ async def _image_bytes(request: Request, max_bytes: int) -> bytes:
 )
 async def pose(
     request: Request,
-    response: Response,
     backend: str | None = Query(None, description="backend name; default from settings"),
     min_score: float | None = Query(None, ge=0.0, le=1.0, description="drop persons scoring below"),
-    svc: Services = Depends(services),
-) -> dict[str, Any]:
+) -> Response:
+    # The hot route: the services straight from the app state, and the body encoded without
+    # validating it against `PoseResponse` again (0.1 ms of the event loop's ~1.5 ms a request).
+    svc: Services = request.app.state.services
     settings = svc.settings
     arrived = time.monotonic()
     name = backend or settings.default_backend
@@ -138,10 +140,8 @@ async def pose(
         svc.inflight -= 1
         if admitted is not None:
             admitted.release()
-    if result.worker is not None:
-        response.headers[WORKER_HEADER] = result.worker
     threshold = settings.min_person_score if min_score is None else min_score
-    return {
+    body = {
         "request_id": uuid.uuid4().hex,
         "backend": name,
         "untrained": result.untrained,
@@ -153,6 +153,9 @@ async def pose(
             "total": round((time.monotonic() - arrived) * 1000, 3),
         },
     }
+    headers = {WORKER_HEADER: result.worker} if result.worker is not None else None
+    # non-finite numbers as null, as the response model's serializer writes them
+    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json", headers=headers)
 
 
 @router.get("/backends", response_model=list[BackendInfo], responses=error_responses(*AUTH_ERRORS))

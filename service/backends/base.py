@@ -1,5 +1,6 @@
 """What the API and the stream scheduler use of a loaded backend: `admit` (before reading the input),
-`prepare` (in a thread), then `await infer`."""
+`prepare` (in a thread), then `await infer` (or, for a backend that `queues_prepared`, `queue`
+from that thread)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -89,7 +90,17 @@ class LoadedBackend:
         raises an `OverloadedError` (with `retry_after_s`) when it would wait too long."""
         return self.entry_runner.admit()
 
+    queues_prepared: ClassVar[bool] = False
+    """whether one stage runs a prepared image, so that `queue` may hand it over from any thread"""
+
     def prepare(self, image_rgb: np.ndarray) -> Prepared:
+        raise NotImplementedError
+
+    def queue(
+        self, prepared: Prepared, *, deadline: float, key: Hashable = None, ticket: Ticket | None = None
+    ) -> Future[ItemResult[Persons]]:
+        """`infer` without the wait, callable from any thread (backends that `queues_prepared`):
+        the item's future (cancel it to drop the item); raises like `infer` when refused."""
         raise NotImplementedError
 
     async def infer(

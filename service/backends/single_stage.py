@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -99,10 +100,17 @@ class SingleStageBackend(LoadedBackend):
             session, [i.tensor for i in items], lambda out, i: self.pipeline.postprocess(out, items[i].geometry)
         )
 
+    queues_prepared = True
+
+    def queue(
+        self, prepared: Prepared, *, deadline: float, key: Hashable = None, ticket: Ticket | None = None
+    ) -> Future[ItemResult[Persons]]:
+        return self.runner.submit(prepared, deadline=deadline, key=key, ticket=ticket)
+
     async def infer(
         self, prepared: Prepared, *, deadline: float, wait_s: float, key: Hashable = None, ticket: Ticket | None = None
     ) -> ItemResult[Persons]:
-        return await await_result(self.runner.submit(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
+        return await await_result(self.queue(prepared, deadline=deadline, key=key, ticket=ticket), wait_s)
 
 
 def sparse_pipeline(

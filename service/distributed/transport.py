@@ -11,9 +11,10 @@ over a Redis Stream. Workers run the jobs they take with an `InProcessJobs` too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,22 +93,20 @@ class InProcessJobs:
     async def prepare(self, admitted: Admitted, data: bytes, *, deadline: float) -> tuple[Prepared, int, int]:
         """(model input, image width, image height), decoded on the pool within `deadline`."""
         assert isinstance(admitted, LocalAdmitted)
-        loaded = admitted.loaded
-
-        scale = self._jpeg_decode_scale
-        long_side = None if scale == 0 or loaded.input_side is None else round(scale * loaded.input_side)
-
-        def work() -> tuple[Prepared, int, int]:
-            rgb, (width, height) = decode_image_reduced(data, max_pixels=self._max_image_pixels, long_side=long_side)
-            prepared = loaded.prepare(rgb)
-            if (rgb.shape[1], rgb.shape[0]) != (width, height):  # decoded reduced: keypoints in full-image pixels
-                prepared = dataclasses.replace(prepared, geometry=prepared.geometry.of_full_size((width, height)))
-            return prepared, width, height
-
         return await asyncio.wait_for(
-            asyncio.get_running_loop().run_in_executor(self.pool, work),
+            asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_now, admitted.loaded, data),
             timeout=max(0.0, deadline - time.monotonic()),
         )
+
+    def _prepare_now(self, loaded: LoadedBackend, data: bytes) -> tuple[Prepared, int, int]:
+        """`prepare`'s work, on the calling thread."""
+        scale = self._jpeg_decode_scale
+        long_side = None if scale == 0 or loaded.input_side is None else round(scale * loaded.input_side)
+        rgb, (width, height) = decode_image_reduced(data, max_pixels=self._max_image_pixels, long_side=long_side)
+        prepared = loaded.prepare(rgb)
+        if (rgb.shape[1], rgb.shape[0]) != (width, height):  # decoded reduced: keypoints in full-image pixels
+            prepared = dataclasses.replace(prepared, geometry=prepared.geometry.of_full_size((width, height)))
+        return prepared, width, height
 
     async def infer(self, admitted: Admitted, prepared: Prepared, *, deadline: float) -> ItemResult[Persons]:
         """Queue `prepared` in the admitted slot (synchronously, before the first await) and wait."""
@@ -118,9 +117,49 @@ class InProcessJobs:
 
     async def run(self, admitted: Admitted, data: bytes, *, deadline: float) -> PoseOutcome:
         assert isinstance(admitted, LocalAdmitted)
-        prepared, width, height = await self.prepare(admitted, data, deadline=deadline)
-        result = await self.infer(admitted, prepared, deadline=deadline)
+        if admitted.loaded.queues_prepared:
+            result, width, height = await self._prepare_and_queue(admitted, data, deadline=deadline)
+        else:
+            prepared, width, height = await self.prepare(admitted, data, deadline=deadline)
+            result = await self.infer(admitted, prepared, deadline=deadline)
         return outcome(admitted, result, width, height)
+
+    async def _prepare_and_queue(
+        self, admitted: LocalAdmitted, data: bytes, *, deadline: float
+    ) -> tuple[ItemResult[Persons], int, int]:
+        """`prepare` then `infer`, with one hop fewer: the pool thread that prepared the image
+        queues it itself, and the event loop wakes once, for the result (at concurrency 1 about
+        0.2 ms sooner, and 0.2 ms less of the event loop's time per request)."""
+        done: Future[tuple[ItemResult[Persons], int, int]] = Future()
+
+        def work() -> None:
+            if done.cancelled():  # the request gave up while the image waited for a thread
+                return
+            try:
+                prepared, width, height = self._prepare_now(admitted.loaded, data)
+                queued = admitted.loaded.queue(prepared, deadline=deadline, ticket=admitted.ticket)
+            except BaseException as exc:  # the request's error (bad image, refused): raised where it waits
+                with contextlib.suppress(InvalidStateError):  # unless it gave up meanwhile
+                    done.set_exception(exc)
+                return
+            queued.add_done_callback(lambda f: _forward(f, done, width, height))
+            done.add_done_callback(lambda d: queued.cancel() if d.cancelled() else None)  # gave up: drop the item
+
+        self.pool.submit(work)
+        return await asyncio.wait_for(asyncio.wrap_future(done), timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _forward(
+    queued: Future[ItemResult[Persons]], done: Future[tuple[ItemResult[Persons], int, int]], width: int, height: int
+) -> None:
+    """Give `done` the queued item's outcome, unless its waiter gave up meanwhile."""
+    with contextlib.suppress(InvalidStateError):
+        if queued.cancelled():
+            done.cancel()
+        elif (exc := queued.exception()) is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result((queued.result(), width, height))
 
 
 def outcome(admitted: LocalAdmitted, result: ItemResult[Persons], width: int, height: int) -> PoseOutcome:

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from models.codecs import movenet
 
@@ -168,3 +171,37 @@ def test_singlepose_regresses_from_the_centre_and_adds_offsets() -> None:
     np.testing.assert_allclose(kpts[:, 0], (cells[:, 1] - 0.25) * STRIDE, atol=1e-5)
     np.testing.assert_allclose(kpts[:, 1], (cells[:, 0] + 0.25) * STRIDE, atol=1e-5)
     np.testing.assert_allclose(kpts[:, 2], 0.8, atol=1e-6)
+
+
+def _shifted_max_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """The graph's k x k max pool, stride 1, padding with -inf, written out."""
+    r = k // 2
+    padded = np.pad(x, r, constant_values=-np.inf)
+    return np.max([padded[i : i + x.shape[0], j : j + x.shape[1]] for i in range(k) for j in range(k)], axis=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda h: st.integers(1, 12).flatmap(
+            lambda w: hnp.arrays(np.float32, (h, w), elements=st.floats(-50, 50, width=32))
+        )
+    )
+)
+def test_peak_max_pool_is_the_graphs_5x5_pool(x: np.ndarray) -> None:
+    np.testing.assert_array_equal(movenet._max_pool_same(x), _shifted_max_pool(x, 5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.integers(1, 40),
+        elements=st.one_of(st.just(0.0), st.sampled_from([0.25, 0.5]), st.floats(0, 1, width=32)),
+    ),
+    st.integers(1, 8),
+)
+def test_top_peaks_is_a_stable_descending_argsort(scores: np.ndarray, n: int) -> None:
+    """Ties (repeated scores, many zeros) keep the lower index, as the graph's TopK does."""
+    expected = np.argsort(-scores, kind="stable")[:n]
+    np.testing.assert_array_equal(movenet._top_peaks(scores, n), expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -19,6 +20,22 @@ def test_round_trip_is_exact(hw: tuple[int, int], center: bool) -> None:
     pts = rng.uniform([0, 0], [w - 1, h - 1], size=(50, 2)).astype(np.float32)
     back = lb.to_image(lb.to_input(pts))
     assert np.abs(back - pts).max() < 1e-3
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((480, 640, 3), np.uint8), ((640, 480, 3), np.uint8), ((37, 91), np.float32), ((50, 20, 4), np.uint8)],
+)
+def test_canvas_is_the_resized_image_on_padding(shape: tuple[int, ...], dtype: type, center: bool) -> None:
+    """The resize lands in the canvas in place: the same pixels as resizing then pasting."""
+    image = np.random.default_rng(1).integers(0, 255, shape).astype(dtype)
+    canvas, lb = letterbox(image, 96, center=center, pad_value=7)
+    new_w, new_h = round(lb.scale_x * shape[1]), round(lb.scale_y * shape[0])
+    expected = np.full((96, 96, *shape[2:]), 7, dtype)
+    x0, y0 = int(lb.pad_x), int(lb.pad_y)
+    expected[y0 : y0 + new_h, x0 : x0 + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(canvas, expected)
 
 
 @pytest.mark.parametrize("center", [False, True])

@@ -130,7 +130,8 @@ async def pose(
         admitted = await svc.jobs.admit(name, reserved=request.scope.get(SLOT))
         deadline = time.monotonic() + settings.request_timeout_s
         try:
-            data = await asyncio.wait_for(_image_bytes(request, settings.max_image_bytes), settings.request_timeout_s)
+            async with asyncio.timeout(settings.request_timeout_s):  # no task of its own, unlike wait_for
+                data = await _image_bytes(request, settings.max_image_bytes)
             result = await svc.jobs.run(admitted, data, deadline=deadline)
         except TimeoutError:
             raise DeadlineExceededError(

@@ -54,6 +54,7 @@ from service.spawn import spawned_server
 
 __all__ = [
     "AT_LOAD_SECONDS",
+    "BareVariant",
     "TuneReport",
     "best_throughput",
     "core_splits",
@@ -186,36 +187,67 @@ def _served_measure(store: WeightsStore, name: str, settings: BackendSettings, i
     return measure
 
 
+@dataclass(frozen=True)
+class BareVariant:
+    """A variant of single-stage model `name` as its backend runs it (the graph it cuts, its
+    fp32 tail), outside any server, and an image as the variant's input row."""
+
+    name: str
+    stored: StoredModel
+    settings: BackendSettings
+    graph: bytes | None
+    row: np.ndarray
+    runtime: Runtime
+    precision: Precision
+
+    @classmethod
+    def load(
+        cls,
+        store: WeightsStore,
+        name: str,
+        settings: BackendSettings,
+        runtime: Runtime,
+        precision: Precision,
+        image_rgb: np.ndarray | None = None,
+    ) -> BareVariant:
+        """`image_rgb`: the image to run (default a blank 640 x 480 frame)."""
+        stored = store.require(variant_name(name, runtime, precision))
+        pipeline, graph = sparse_pipeline(registry.MODELS[name], stored, settings)
+        image = image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8)
+        return cls(name, stored, settings, graph, pipeline.preprocess(image)[0], runtime, precision)
+
+    def sessions(self, workers: int, threads: int, size: int) -> list[Session]:
+        """The sessions a backend at this shape opens (static input at batch 1 included)."""
+        shape = {"workers": workers, "intra_op_threads": threads, "max_batch": size, "providers": ("cpu",)}
+        return load_sessions(
+            self.stored.path,
+            self.settings.model_copy(update=shape),
+            self.name,
+            spinning=True,
+            runtime=self.runtime,
+            precision=self.precision,
+            row_shape=self.row.shape,
+            graph=self.graph,
+            fp32_from=self.stored.card.fp32_from,
+        )
+
+    def measure(self, sessions: Sequence[Session], size: int, seconds: float) -> tuple[float, float]:
+        """`_measure` of `sessions` on batches of `size` copies of the image."""
+        return _measure(sessions, np.stack([self.row] * size), seconds)
+
+
 def _bare_measure(
     store: WeightsStore, name: str, settings: BackendSettings, image_rgb: np.ndarray | None, seconds: float
 ) -> Measure:
-    entry = registry.MODELS[name]
-    image = image_rgb if image_rgb is not None else np.zeros((480, 640, 3), np.uint8)
     alone_ms: dict[tuple[str, str, int], float] = {}  # a batch-1 request, one session alone, per variant x threads
 
     @functools.cache
-    def variant(runtime: Runtime, precision: Precision) -> tuple[StoredModel, bytes | None, np.ndarray]:
-        """The variant's file, the graph a backend runs of it, and the image as its input row."""
-        stored = store.require(variant_name(name, runtime, precision))
-        pipeline, graph = sparse_pipeline(entry, stored, settings)
-        return stored, graph, pipeline.preprocess(image)[0]
+    def variant(runtime: Runtime, precision: Precision) -> BareVariant:
+        return BareVariant.load(store, name, settings, runtime, precision, image_rgb)
 
     def run(runtime: Runtime, precision: Precision, workers: int, threads: int, size: int) -> tuple[float, float]:
-        """`_measure` of the sessions a backend at this shape opens (static input at batch 1 included)."""
-        stored, graph, row = variant(runtime, precision)
-        shape = {"workers": workers, "intra_op_threads": threads, "max_batch": size, "providers": ("cpu",)}
-        sessions = load_sessions(
-            stored.path,
-            settings.model_copy(update=shape),
-            name,
-            spinning=True,
-            runtime=runtime,
-            precision=precision,
-            row_shape=row.shape,
-            graph=graph,
-            fp32_from=stored.card.fp32_from,
-        )
-        return _measure(sessions, np.stack([row] * size), seconds)
+        bare = variant(runtime, precision)
+        return bare.measure(bare.sessions(workers, threads, size), size, seconds)
 
     def measure(
         runtime: Runtime, precision: Precision, workers: int, threads: int, size: int

@@ -1,7 +1,8 @@
 """Served against raw, side by side: how far the server stays from its model alone.
 
+    python -m loadtest.served_vs_raw --image photo.jpg [--rounds 6]     # starts a server of its own
     python -m loadtest.served_vs_raw --image photo.jpg --server now=http://127.0.0.1:8000 \\
-        [--server before=http://127.0.0.1:8001] [--rounds 6]
+        --server before=http://127.0.0.1:8001
 
 Each round measures, one after another (the servers' order alternating between rounds, as these
 machines' speed drifts within minutes):
@@ -15,14 +16,16 @@ machines' speed drifts within minutes):
 
 It reports, per round and as medians over rounds, each server's gap (its concurrency-1 median
 minus the bare lone image's) and ratio (its requests per second over the best bare split's images
-per second). The servers must already be running this backend on this machine; the bare sessions
-are idle while a server is measured, and the servers idle while the bare sessions run.
+per second). Servers given must be running this backend on this machine; without one it starts a
+server of this tree. The bare sessions are idle while a server is measured, and the servers idle
+while the bare sessions run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -38,6 +41,7 @@ from service.backends.variants import choose_variant
 from service.bench import _http_level, format_table, write_json
 from service.config import Settings
 from service.imaging import decode_image
+from service.spawn import spawned_server
 from service.tune import BareVariant, core_splits
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -130,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, required=True, help="a JPEG photo to send and to run bare")
     parser.add_argument(
-        "--server", action="append", required=True, metavar="NAME=URL", help="a running server (repeat for more)"
+        "--server", action="append", metavar="NAME=URL", help="a running server (repeat for more; default: start one)"
     )
     parser.add_argument("--backend", default=None, help="the backend the servers run (default: the settings')")
     parser.add_argument("--rounds", type=int, default=6)
@@ -140,10 +144,18 @@ def main() -> None:
     parser.add_argument("--bare-seconds", type=float, default=3.0, help="per bare shape and round")
     parser.add_argument("--out", type=Path, default=Path("bench-results/served_vs_raw.json"))
     args = parser.parse_args()
-    servers = dict(s.split("=", 1) for s in args.server)
-
     settings = Settings()
     backend = args.backend or settings.default_backend
+    with contextlib.ExitStack() as stack:
+        if args.server:
+            servers = dict(s.split("=", 1) for s in args.server)
+        else:
+            env = {"POSESERVE_PRELOAD": backend, "POSESERVE_LOG_LEVEL": "warning"}
+            servers = {"served": stack.enter_context(spawned_server(env))[0]}
+        _compare(args, settings, backend, servers)
+
+
+def _compare(args: argparse.Namespace, settings: Settings, backend: str, servers: dict[str, str]) -> None:
     store = WeightsStore(settings.model_dir)
     choice = choose_variant(store, backend, settings.backend(backend))
     image_rgb = decode_image(args.image.read_bytes(), max_pixels=settings.max_image_pixels)

@@ -6,15 +6,18 @@ CUDA is unusable, so the providers actually in use are read back from the sessio
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["PROVIDER_NAMES", "OrtModel", "Session", "resolve_providers"]
+__all__ = ["PROVIDER_NAMES", "EngineCache", "OrtModel", "Session", "engine_cache_folder", "resolve_providers"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +35,15 @@ def nvidia_device_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
-def resolve_providers(wanted: Sequence[str], *, fp16: bool = False) -> list[str | tuple[str, dict[str, str]]]:
+def resolve_providers(
+    wanted: Sequence[str], *, fp16: bool = False, engine_cache: Callable[[], EngineCache | None] | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
     """Map short names (`tensorrt`, `cuda`, `cpu`) to the ORT providers this build offers.
 
     GPU providers are skipped where no NVIDIA driver is present (onnxruntime-gpu would only log
     load failures and fall back). The CPU provider is always last so a session can be created.
+    TensorRT keeps the engines it builds (minutes for a model) where `engine_cache` says, asked only
+    when TensorRT is chosen; None there, or no `engine_cache`: built at every start.
     """
     available = set(ort.get_available_providers())
     if not nvidia_device_present():
@@ -47,11 +54,57 @@ def resolve_providers(wanted: Sequence[str], *, fp16: bool = False) -> list[str 
         if full not in available or full == "CPUExecutionProvider":
             continue
         if full == "TensorrtExecutionProvider":
-            chosen.append((full, {"trt_fp16_enable": "True" if fp16 else "False"}))
+            options = {"trt_fp16_enable": "True" if fp16 else "False"}
+            if (cache := engine_cache() if engine_cache is not None else None) is not None:
+                options |= {
+                    "trt_engine_cache_enable": "True",
+                    "trt_engine_cache_path": str(cache.engines),
+                    "trt_timing_cache_enable": "True",
+                    "trt_timing_cache_path": str(cache.timing),
+                }
+            chosen.append((full, options))
         else:
             chosen.append(full)
     chosen.append("CPUExecutionProvider")
     return chosen
+
+
+class EngineCache(NamedTuple):
+    """Where TensorRT keeps a model's engines, and the kernel timings any model of the same
+    versions reuses."""
+
+    engines: Path
+    timing: Path
+
+
+def engine_cache_folder(path: Path, graph: bytes | None = None) -> EngineCache | None:
+    """The TensorRT cache of the ONNX file at `path` (or of `graph`, derived from it), beside the
+    file: ``tensorrt/<content hash>-<versions>`` for its engines, ``tensorrt/timing-<versions>``
+    for the timings; created. None where they cannot be written (a read-only store: engines are
+    then built at every start).
+
+    ONNX Runtime names an engine by the graph's structure and the GPU, not by its weights or the
+    versions: a retrained checkpoint of the same graph would load the old engine. A folder per
+    content and versions cannot.
+    """
+    digest = hashlib.sha256(graph if graph is not None else path.read_bytes()).hexdigest()[:16]
+    try:
+        tensorrt = importlib.metadata.version("tensorrt")
+    except importlib.metadata.PackageNotFoundError:
+        tensorrt = "system"
+    versions = f"ort{ort.__version__}-trt{tensorrt}"
+    root = path.parent / "tensorrt"
+    cache = EngineCache(root / f"{digest}-{versions}", root / f"timing-{versions}")
+    try:
+        for folder in cache:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.warning("TensorRT engines of %s are not kept (%s): built at every start", path.name, exc)
+        return None
+    if not all(os.access(folder, os.W_OK) for folder in cache):
+        logger.warning("TensorRT engines of %s are not kept (%s is read-only)", path.name, root)
+        return None
+    return cache
 
 
 class Session(Protocol):
@@ -114,7 +167,7 @@ class OrtModel:
         self.session = ort.InferenceSession(
             graph if graph is not None else str(path),
             sess_options=options,
-            providers=resolve_providers(providers, fp16=fp16),
+            providers=resolve_providers(providers, fp16=fp16, engine_cache=lambda: engine_cache_folder(path, graph)),
         )
         self.providers: list[str] = self.session.get_providers()
         inputs = self.session.get_inputs()

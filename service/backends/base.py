@@ -1,12 +1,13 @@
 """What the API and the stream scheduler use of a loaded backend: `admit` (before reading the input),
 `prepare` (in a thread), then `await infer` (or, for a backend that `queues_prepared`, `queue`
-from that thread)."""
+from that thread: `prepare_and_queue`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -21,7 +22,7 @@ from service.config import BackendSettings
 from service.engine import ItemResult, StageRunner, Ticket
 from service.metrics import Metrics
 
-__all__ = ["LoadedBackend", "Prepared", "await_result"]
+__all__ = ["LoadedBackend", "Prepared", "await_result", "prepare_and_queue"]
 
 T = TypeVar("T")
 In = TypeVar("In")
@@ -40,6 +41,54 @@ class Prepared:
 async def await_result(future: Future[ItemResult[T]], wait_s: float) -> ItemResult[T]:
     """The item's result, waiting at most `wait_s` (TimeoutError)."""
     return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, wait_s))
+
+
+async def prepare_and_queue(
+    pool: Executor,
+    backend: LoadedBackend,
+    prepare: Callable[[], Prepared],
+    *,
+    deadline: float,
+    wait_s: float,
+    key: Hashable = None,
+    ticket: Ticket | None = None,
+) -> ItemResult[Persons]:
+    """`prepare()` on `pool`, then `backend.infer` of it, with one hop fewer: the thread that
+    prepared the image queues it itself (`queue`: backends that `queues_prepared`), and the event
+    loop wakes once, for the result (at concurrency 1 about 0.2 ms sooner, and 0.2 ms less of the
+    event loop's time an image).
+
+    Waits at most `wait_s` in all (TimeoutError). A caller that gives up drops its item: never
+    prepared if no thread had started on it, else cancelled in the queue. Errors of `prepare` and
+    refusals of `queue` are raised here.
+    """
+    done: Future[ItemResult[Persons]] = Future()
+
+    def work() -> None:
+        if done.cancelled():  # the caller gave up while the image waited for a thread
+            return
+        try:
+            queued = backend.queue(prepare(), deadline=deadline, key=key, ticket=ticket)
+        except BaseException as exc:  # the caller's error (a bad image, a refusal): raised where it waits
+            with contextlib.suppress(InvalidStateError):  # unless it gave up meanwhile
+                done.set_exception(exc)
+            return
+        queued.add_done_callback(lambda f: _forward(f, done))
+        done.add_done_callback(lambda d: queued.cancel() if d.cancelled() else None)  # gave up: drop the item
+
+    pool.submit(work)
+    return await asyncio.wait_for(asyncio.wrap_future(done), timeout=max(0.0, wait_s))
+
+
+def _forward(queued: Future[ItemResult[Persons]], done: Future[ItemResult[Persons]]) -> None:
+    """Give `done` the queued item's outcome, unless its waiter gave up meanwhile."""
+    with contextlib.suppress(InvalidStateError):
+        if queued.cancelled():
+            done.cancel()
+        elif (exc := queued.exception()) is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(queued.result())
 
 
 class LoadedBackend:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from pydantic import BaseModel
 
 from models.persons import Persons
 from service.backends import BackendManager, LoadedBackend, Prepared
+from service.backends.base import prepare_and_queue
 from service.backends.topdown import DetectionCadence, Detections, TopDownBackend
 from service.config import StreamSettings
 from service.errors import (
@@ -379,6 +381,11 @@ class StreamManager:
                     item = await loop.run_in_executor(self._pool, _prepare_cadenced_bgr, backend, frame, cadence)
                     result = await backend.infer_cadenced(
                         item, cadence, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
+                    )
+                elif backend.queues_prepared:  # the pool thread queues the frame it prepared
+                    prepare = functools.partial(_prepare_bgr, backend, frame)
+                    result = await prepare_and_queue(
+                        self._pool, backend, prepare, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
                     )
                 else:
                     prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)

@@ -92,6 +92,7 @@ class FakeBackend:
     infer_s: float = 0.0
     untrained: bool = False
     calls: int = 0
+    queues_prepared = False  # the scheduler awaits `infer`, which this script drives
 
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
         return image_rgb

@@ -37,6 +37,7 @@ class PersonsBackend:
     script: list[Persons]
     untrained: bool = False
     calls: int = 0
+    queues_prepared = False  # the scheduler awaits `infer`, which answers from the script
     seen: list[weakref.ref[np.ndarray]] = field(default_factory=list)
 
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:

@@ -127,6 +127,7 @@ def test_a_stopped_reader_is_never_restarted() -> None:
 
 class NoPersonsBackend:
     untrained: ClassVar[bool] = False
+    queues_prepared: ClassVar[bool] = False  # the scheduler awaits `infer`
 
     def spec(self, name: str) -> None:
         return None

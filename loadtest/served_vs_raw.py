@@ -24,7 +24,6 @@ while the bare sessions run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import re
@@ -38,7 +37,7 @@ from typing import Any
 
 from models.weights import WeightsStore
 from service.backends.variants import choose_variant
-from service.bench import _http_level, format_table, write_json
+from service.bench import bench_http, format_table, write_json
 from service.config import Settings
 from service.imaging import decode_image
 from service.spawn import spawned_server
@@ -102,6 +101,7 @@ class _Client:
     def __init__(self, image: Path, backend: str) -> None:
         self.image, self.backend = image, backend
         self.wrk = shutil.which("wrk")
+        self._body = image.read_bytes() if self.wrk is None else b""
         self._dir = tempfile.TemporaryDirectory()
         self._script = Path(self._dir.name) / "post.lua"
         self._script.write_text(_LUA)
@@ -111,10 +111,10 @@ class _Client:
         return "wrk" if self.wrk else "httpx"
 
     def level(self, base_url: str, concurrency: int, seconds: float) -> Level:
-        url = base_url.rstrip("/") + f"/v1/pose?backend={self.backend}"
         if self.wrk is None:
-            row = asyncio.run(_http_level(url, self.image.read_bytes(), "image/jpeg", concurrency, seconds, {}))
+            (row,) = bench_http(base_url, self._body, concurrency=(concurrency,), seconds=seconds, backend=self.backend)
             return Level(row["latency_p50_ms"], row["throughput_rps"], sum(row["errors"].values()))
+        url = base_url.rstrip("/") + f"/v1/pose?backend={self.backend}"
         command = [self.wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(self._script), url]
         done = subprocess.run(
             command,

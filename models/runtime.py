@@ -6,6 +6,7 @@ CUDA is unusable, so the providers actually in use are read back from the sessio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -69,6 +70,12 @@ def resolve_providers(
     return chosen
 
 
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # cache key only: a rewritten file is read again
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 class EngineCache(NamedTuple):
     """Where TensorRT keeps a model's engines, and the kernel timings any model of the same
     versions reuses."""
@@ -87,7 +94,11 @@ def engine_cache_folder(path: Path, graph: bytes | None = None) -> EngineCache |
     versions: a retrained checkpoint of the same graph would load the old engine. A folder per
     content and versions cannot.
     """
-    digest = hashlib.sha256(graph if graph is not None else path.read_bytes()).hexdigest()[:16]
+    if graph is not None:
+        digest = hashlib.sha256(graph).hexdigest()[:16]
+    else:  # each worker's session asks: the file is read once
+        stat = path.stat()
+        digest = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
     try:
         tensorrt = importlib.metadata.version("tensorrt")
     except importlib.metadata.PackageNotFoundError:

@@ -92,6 +92,21 @@ def linked_store(folder: Path, source: Path, *names: str) -> Path:
     return folder
 
 
+def cpu_lacks(precision: str) -> str | None:
+    """Why OpenVINO cannot run `precision` on this CPU (bf16 needs AVX512-BF16 or AMX), or None."""
+    from models.runtimes import runtime_problem
+
+    return runtime_problem("openvino", precision)  # type: ignore[arg-type]
+
+
+def require_cpu_precision(precision: str) -> None:
+    """Skip where this CPU cannot run `precision` in OpenVINO: hardware, which CI may lack as it
+    lacks a GPU, so a plain skip."""
+    problem = cpu_lacks(precision)
+    if problem is not None:
+        pytest.skip(problem)
+
+
 def require_pose_samples() -> Path:
     """The pose_samples folder (COCO keypoints json + images); skips with the reason (fails under ``CI=true``)."""
     root = shared_dir() / "data" / "pose_samples"

@@ -321,6 +321,8 @@ class StreamManager:
                 if in_flight is not None and busy:
                     await asyncio.wait({in_flight})
                     lost_s = max(0.0, loop.time() - max(next_allowed, woke_at))
+                    if lost_s:  # counted below; the grid resumes now, or the next wait counts it again
+                        next_allowed = loop.time()
                 if (delay := next_allowed - loop.time()) > 0:
                     await asyncio.sleep(delay)
                 frame = stream.reader.latest(stream.last_seq)

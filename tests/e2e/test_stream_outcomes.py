@@ -1,7 +1,9 @@
 """Frame outcomes tell the truth on a real camera: a rate limit is not an overload.
 
-One real 50 fps RTSP camera, a real server. Subscribed once with `max_fps` 10 on an idle server,
-no frame may count as `dropped_overload` (the other 40/s are `skipped`). Then the same camera is
+One real 50 fps RTSP camera, a real server. Subscribed once with `max_fps` 5 on an idle server,
+no frame may count as `dropped_overload` (the other 45/s are `skipped`). Idle is relative: the
+camera's encoder and the server's decoding of all 50 frames a second share the same cores, and on a
+2-core AMD EPYC the model then took over 100 ms for some frames, a 10 fps slot truly lost. Then the same camera is
 subscribed several times more at `max_fps` 50, more than these cores infer: the saturated streams
 count the frames `max_fps` allowed but the server could not take as `dropped_overload`.
 """
@@ -56,7 +58,7 @@ def wait_live(url: str, names: set[str], timeout_s: float = 30.0) -> None:
 
 def test_max_fps_on_an_idle_server_is_skipped_not_overload(server: tuple[str, str]) -> None:
     url, camera = server
-    subscribe(url, camera, "limited", max_fps=10)
+    subscribe(url, camera, "limited", max_fps=5)
     wait_live(url, {"limited"})
     time.sleep(1)  # the camera's first burst of buffered frames
     before = frames(url)
@@ -65,8 +67,8 @@ def test_max_fps_on_an_idle_server_is_skipped_not_overload(server: tuple[str, st
     outcomes = ("processed", "skipped", "dropped_overload")
     delta = {o: after.get(("limited", o), 0) - before.get(("limited", o), 0) for o in outcomes}
     assert delta["dropped_overload"] == 0, f"rate-limited frames counted as overload: {delta}"
-    # at most ~10/s (fewer when the camera stalls: a slot with no new frame is nobody's overload)
-    assert 30 <= delta["processed"] <= 90, delta
+    # at most ~5/s (fewer when the camera stalls: a slot with no new frame is nobody's overload)
+    assert 15 <= delta["processed"] <= 45, delta
     assert delta["skipped"] >= 2 * delta["processed"], delta  # the camera's other frames
 
 

@@ -21,7 +21,7 @@ from models.runtimes import open_session, variant_name
 from models.weights import WeightsStore
 from service.backends.variants import choose_variant
 from service.config import BackendSettings, Settings
-from tests.support import client_for, linked_store, require_pose_samples, skip_unless_ci
+from tests.support import client_for, linked_store, require_cpu_precision, require_pose_samples, skip_unless_ci
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +78,7 @@ def test_served_openvino_backend_names_its_runtime(model_dir: Path) -> None:
 
 def test_bf16_variant_is_scored_and_installed_within_budget(own_store: WeightsStore) -> None:
     _need_openvino()
+    require_cpu_precision("bf16")
     samples = require_pose_samples()
     refused = optimize(
         own_store, MODEL, runtime="openvino", precision="bf16", samples=samples, max_ap_drop=0.0, seconds=0.2

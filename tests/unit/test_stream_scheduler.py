@@ -267,6 +267,24 @@ def test_a_saturated_stream_counts_the_max_fps_slots_it_lost_as_overload() -> No
     assert processed + overload + outcomes["skipped"] == h.reader.frames_read
 
 
+@pytest.mark.parametrize("infer_s", [0.12, 0.17])
+def test_a_stream_slightly_slower_than_max_fps_counts_each_lost_slot_once(infer_s: float) -> None:
+    """Between one and two periods per frame the max_fps grid moves on by one period a frame while
+    the slot frees later each time: the lost time is counted once, not again behind each frame."""
+
+    async def scenario() -> tuple[Harness, float]:
+        async with harness(max_fps=10.0) as h:
+            h.backend.infer_s = infer_s
+            return h, await camera(h, fps=50.0, seconds=2.5)
+
+    h, seconds = asyncio.run(scenario())
+    outcomes = h.outcomes()
+    processed, overload = outcomes["processed"], outcomes.get("dropped_overload", 0)
+    assert abs(processed - seconds / infer_s) <= 3, (outcomes, seconds)
+    assert abs(processed + overload - 10 * seconds) <= 3, (outcomes, seconds)
+    assert processed + overload + outcomes["skipped"] == h.reader.frames_read
+
+
 def test_expected_failures_map_to_their_outcomes() -> None:
     async def scenario() -> Harness:
         async with harness() as h:

@@ -36,13 +36,14 @@ from models.measured import MeasuredStore
 from models.pipelines import build
 from models.pipelines.base import SingleStage
 from models.runtime import Session
-from models.runtimes import Precision, Runtime, open_session, runtime_problem, variant_name
+from models.runtimes import RUNTIMES, Precision, Runtime, open_session, runtime_problem, variant_name
 from models.weights import StoredModel, WeightsStore
 
 __all__ = [
     "DEFAULT_MAX_AP_DROP",
     "OptimizeResult",
     "calibration_frames",
+    "cpu_variants",
     "keypoint_ap",
     "optimize",
     "quantize_int8",
@@ -216,6 +217,19 @@ def throughput_batch1(session: Session, row: np.ndarray, seconds: float) -> floa
         session.run(x)
         runs += 1
     return runs / (time.perf_counter() - started)
+
+
+def cpu_variants(*, calibrated: bool) -> list[tuple[Runtime, Precision]]:
+    """The (runtime, precision) variants this machine's CPU and installed runtimes can make and run,
+    fp32 aside: bf16 / fp16 only where OpenVINO finds the CPU instructions for them (AVX512-BF16 or
+    AMX; AMX-FP16), int8 on both runtimes when `calibrated` (it needs calibration frames)."""
+    precisions: tuple[Precision, ...] = ("bf16", "fp16", "int8") if calibrated else ("bf16", "fp16")
+    return [
+        (runtime, precision)
+        for runtime in RUNTIMES
+        for precision in precisions
+        if runtime_problem(runtime, precision) is None
+    ]
 
 
 def _pipeline(stored: StoredModel) -> SingleStage:

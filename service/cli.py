@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import cv2
 import numpy as np
@@ -21,6 +21,9 @@ from service.config import Settings
 from service.memory import keep_image_blocks, limit_malloc_arenas
 from service.spawn import spawned_server
 from service.streams.preview import encode_jpeg
+
+if TYPE_CHECKING:
+    from models.optimize import OptimizeResult
 
 __all__ = ["app", "main"]
 
@@ -226,40 +229,66 @@ def models_list() -> None:
 @models_app.command("optimize")
 def models_optimize(
     name: Annotated[str, typer.Argument(help="single-stage model, e.g. movenet-multipose")],
-    precision: Annotated[str, typer.Option(help="bf16 | fp16 | int8")],
+    precision: Annotated[
+        str, typer.Option(help="bf16 | fp16 | int8, or auto: every one this CPU can run (int8 given --calibration)")
+    ],
     samples: Annotated[
         Path, typer.Option(help="COCO keypoint folder (person_keypoints.json + images) scoring AP", exists=True)
     ],
-    runtime: Annotated[str, typer.Option(help="onnxruntime | openvino")] = "onnxruntime",
+    runtime: Annotated[
+        str | None, typer.Option(help="onnxruntime | openvino (default: onnxruntime; auto: both)")
+    ] = None,
     calibration: Annotated[
         list[Path] | None, typer.Option(help="int8: photos / videos (files or folders) to calibrate on; repeatable")
     ] = None,
     max_ap_drop: Annotated[float, typer.Option(help="largest keypoint AP loss accepted")] = 0.01,
     force: Annotated[bool, typer.Option(help="install even when the AP loss exceeds --max-ap-drop")] = False,
 ) -> None:
-    """Make a precision variant, score its keypoint AP against fp32 and install it if within budget."""
+    """Make a precision variant, score its keypoint AP against fp32 and install it if within budget.
+
+    With --precision auto, every variant this machine can make (`models.optimize.cpu_variants`) in
+    turn: one refused for its AP loss is reported, not an error; `poseserve tune` then times the
+    installed ones against fp32 and a backend serves the fastest."""
     from models.errors import OptimizeError
-    from models.optimize import optimize
+    from models.optimize import cpu_variants, optimize
     from models.runtimes import PRECISIONS, RUNTIMES
 
-    if runtime not in RUNTIMES or precision not in PRECISIONS:
-        typer.echo(f"runtime must be one of {RUNTIMES}, precision one of {PRECISIONS}", err=True)
+    if (runtime is not None and runtime not in RUNTIMES) or precision not in (*PRECISIONS, "auto"):
+        typer.echo(f"runtime must be one of {RUNTIMES}, precision one of {PRECISIONS} or auto", err=True)
         raise typer.Exit(2)
-    store = WeightsStore(_settings().model_dir)
-    try:
-        result = optimize(
-            store,
-            name,
-            runtime=runtime,
-            precision=precision,
-            samples=samples,
-            calibration=calibration or (),
-            max_ap_drop=max_ap_drop,
-            force=force,
+    if precision == "auto":
+        pairs = [p for p in cpu_variants(calibrated=bool(calibration)) if runtime in (None, p[0])]
+        typer.echo(
+            f"{name}: this machine can make {', '.join(f'{r} {p}' for r, p in pairs) or 'no variant'}"
+            + ("" if calibration else " (int8 too, given --calibration)")
         )
-    except OptimizeError as exc:
-        typer.echo(f"optimize {name} failed: {exc}", err=True)
-        raise typer.Exit(1) from None
+    else:
+        pairs = [(runtime or "onnxruntime", precision)]  # type: ignore[list-item]
+    store = WeightsStore(_settings().model_dir)
+    failed = refused = 0
+    for variant_runtime, variant_precision in pairs:
+        try:
+            result = optimize(
+                store,
+                name,
+                runtime=variant_runtime,
+                precision=variant_precision,
+                samples=samples,
+                calibration=calibration or (),
+                max_ap_drop=max_ap_drop,
+                force=force,
+            )
+        except OptimizeError as exc:
+            typer.echo(f"optimize {name} {variant_runtime} {variant_precision} failed: {exc}", err=True)
+            failed += 1
+            continue
+        refused += not _report_variant(store, result, max_ap_drop)
+    if failed or (refused and precision != "auto"):
+        raise typer.Exit(1)
+
+
+def _report_variant(store: WeightsStore, result: OptimizeResult, max_ap_drop: float) -> bool:
+    """Print what `optimize` made of a variant; whether it was installed."""
     variant = result.card.variant
     assert variant is not None
     acc = variant.accuracy
@@ -271,10 +300,11 @@ def models_optimize(
     )
     if not result.installed:
         typer.echo(f"refused: loses more than {max_ap_drop} AP (use --force to install anyway)", err=True)
-        raise typer.Exit(1)
+        return False
     typer.echo(
         f"installed {store.onnx_path(result.card.name)}" + (" (forced past the AP budget)" if acc["forced"] else "")
     )
+    return True
 
 
 @app.command("tune")

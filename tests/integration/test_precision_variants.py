@@ -124,3 +124,43 @@ def test_int8_variant_calibrates_on_video_frames(own_store: WeightsStore, shared
     assert variant.calibration["frames"] >= 4 and all("#frame-" in s for s in variant.calibration["sources"])
     name = variant_name(MODEL, "onnxruntime", "int8")
     assert result.installed == (variant.accuracy["ap_delta"] >= -0.01) == own_store.available(name)
+
+
+def test_auto_makes_every_variant_this_cpu_runs_and_refusals_are_not_errors(
+    own_store: WeightsStore, shared_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models optimize --precision auto` on ONNX Runtime: no int8 without calibration frames (and
+    exit 0: nothing to make is no failure), with them one int8 variant, scored and reported, exit 0
+    whether or not it stayed within the AP budget."""
+    from typer.testing import CliRunner
+
+    from models.optimize import cpu_variants
+    from models.runtimes import runtime_problem
+    from service.cli import app
+
+    samples = require_pose_samples()
+    videos = sorted((shared_root / "data" / "videos").glob("*.mp4"))
+    if not videos:
+        skip_unless_ci("no videos under shared/data/videos")
+    for calibrated in (False, True):
+        pairs = cpu_variants(calibrated=calibrated)
+        assert all(runtime_problem(r, p) is None and p != "fp32" for r, p in pairs)
+        assert any(p == "int8" for _, p in pairs) == calibrated
+    monkeypatch.setenv("POSESERVE_MODEL_DIR", str(own_store.model_dir))
+    optimize_cmd = ["models", "optimize", MODEL, "--precision", "auto", "--runtime", "onnxruntime"]
+    optimize_cmd += ["--samples", str(samples)]
+
+    none = CliRunner().invoke(app, optimize_cmd)
+    assert none.exit_code == 0, none.output
+    assert "can make no variant (int8 too, given --calibration)" in none.output
+    assert sorted(p.name for p in own_store.model_dir.glob("*.json")) == [f"{MODEL}.json"]
+
+    made = CliRunner().invoke(app, [*optimize_cmd, "--calibration", str(videos[0])])
+    assert made.exit_code == 0, made.output
+    name = variant_name(MODEL, "onnxruntime", "int8")
+    assert "can make onnxruntime int8" in made.output and f"{name}: AP " in made.output
+    installed = f"installed {own_store.onnx_path(name)}" in made.output
+    assert installed == own_store.available(name) == ("refused: loses more than" not in made.output)
+
+    wrong = CliRunner().invoke(app, ["models", "optimize", MODEL, "--precision", "int4", "--samples", str(samples)])
+    assert wrong.exit_code == 2

@@ -354,10 +354,16 @@ def tune_cmd(
             f"intra_op_threads={row['intra_op_threads']}, a lone request {row['alone_ms']} ms: {why}"
         )
     if report.chosen is None:
-        typer.echo(f"nothing ran within {latency_budget_ms} ms per batch; nothing recorded", err=True)
+        typer.echo("nothing was measured; nothing recorded", err=True)
         raise typer.Exit(1)
+    if report.budget_ms > latency_budget_ms:
+        typer.echo(
+            f"no shape ran a batch within {latency_budget_ms} ms on this machine: held to {report.budget_ms} ms, "
+            f"the shortest measured + {throughput_tolerance:.0%}",
+            err=True,
+        )
     typer.echo(
-        f"chosen: {report.chosen}, the most images per second within {latency_budget_ms} ms per batch; "
+        f"chosen: {report.chosen}, the most images per second within {report.budget_ms} ms per batch; "
         "explicit settings (POSESERVE_BATCHING__*, POSESERVE_BACKENDS) still win"
     )
 

@@ -169,3 +169,13 @@ def test_pick_shape_keeps_throughput_over_a_lone_request_within_the_noise() -> N
     assert pick_shape(rows, 0.1) == rows[2]  # 23.9 vs 24.0 ms is noise: the more img/s of the two
     close = [_row(2, 2, 44.3, 38.0), _row(1, 2, 45.0, 40.0)]
     assert pick_shape(close, 0.1) == close[1]  # 38 ms is not 10 % faster than 40: the most img/s
+
+
+def test_a_budget_no_shape_meets_is_held_at_the_shortest_batch_time_plus_the_tolerance() -> None:
+    from service.tune import held_budget_ms
+
+    # the 2-core AMD EPYC figures: every batch over 100 ms
+    rows = [{"batch_p50_ms": ms} for ms in (194.1, 112.7, 104.2, 104.6, 558.8)]
+    assert held_budget_ms(rows, 100.0, 0.1) == 114.62  # 104.2 + 10 %: 112.7 is eligible, 194.1 is not
+    assert held_budget_ms(rows, 150.0, 0.1) == 150.0  # one shape meets the budget: it stands
+    assert held_budget_ms([], 100.0, 0.1) == 100.0

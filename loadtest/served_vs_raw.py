@@ -62,16 +62,21 @@ class Level:
 
 
 def parse_wrk(text: str) -> Level:
-    """`wrk --latency` output -> its median latency, requests per second, and non-2xx answers plus
-    socket errors. Raises ValueError when the output has no latency distribution."""
+    """`wrk --latency` output -> its median latency, answered (2xx) requests per second, and non-2xx
+    answers plus socket errors. wrk's own Requests/sec counts refusals too: a server shedding load
+    with fast 503s would read as thousands of requests a second. Its latencies include them too,
+    hence the errors beside them. Raises ValueError when the output has no latency distribution."""
     median = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
-    rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
-    if median is None or rate is None:
+    total = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m),", text, re.MULTILINE)
+    if median is None or total is None:
         raise ValueError(f"not wrk --latency output: {text[-500:]!r}")
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", text))
+    refused = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", text))
+    errors = refused
     if sockets := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
         errors += sum(int(n) for n in sockets.groups())
-    return Level(float(median.group(1)) * _UNITS_MS[median.group(2)], float(rate.group(1)), errors)
+    seconds = float(total.group(2)) * {"m": 60e3, **_UNITS_MS}[total.group(3)] / 1e3
+    answered = int(total.group(1)) - refused
+    return Level(float(median.group(1)) * _UNITS_MS[median.group(2)], answered / seconds, errors)
 
 
 def summarize(rounds: list[dict[str, Any]], servers: list[str]) -> dict[str, Any]:
@@ -192,6 +197,7 @@ def _compare(args: argparse.Namespace, settings: Settings, backend: str, servers
                 f"{row['bare_best_img_per_s']} img/s; "
                 + "; ".join(
                     f"{n} c1 p50 {row[n]['c1_p50_ms']} ms, c{args.concurrency} {row[n]['loaded_rps']}/s"
+                    + (f" ({row[n]['errors']} refused or failed)" if row[n]["errors"] else "")
                     for n in servers
                 ),
                 flush=True,

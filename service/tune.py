@@ -79,7 +79,7 @@ class TuneReport:
     best: dict[str, dict[str, Any]]
     """Per variant key (``RUNTIME-PRECISION``): its kept row (`pick_shape`)."""
     chosen: str | None
-    """The variant a backend would now serve by default (None when nothing was eligible)."""
+    """The variant a backend would now serve by default (None when nothing was measured)."""
     budget_ms: float = 0.0
     """The median batch time shapes were held to: the budget asked for, or `held_budget_ms`'s
     relaxation where no shape met it."""

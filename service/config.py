@@ -249,6 +249,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
     max_inflight_requests: int = Field(256, ge=1, description="requests decoding or queued at once")
+    max_refusals_per_s: float = Field(
+        200.0,
+        ge=0,
+        description="POST /v1/pose refusals for overload answered at once per second (a second's worth at once); "
+        "beyond, a refusal waits its turn, at most max_refusal_delay_ms: clients retrying refusals at once cannot "
+        "spend the cores on refusals. 0 = every refusal at once",
+    )
+    max_refusal_delay_ms: float = Field(1000.0, gt=0, le=60_000)
     decode_threads: int = Field(2, ge=1, le=64)
     jpeg_decode_scale: float = Field(
         2.0,

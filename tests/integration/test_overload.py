@@ -232,3 +232,41 @@ def test_refusals_at_the_edge_are_counted_under_their_route(model_dir: Path, mon
     answered = {(lb["route"], lb["code"]): v for lb, v in metric_samples(metrics, "poseserve_requests_total")}
     assert answered[("/v1/pose", "503")] == len(refused)
     assert ("unmatched", "503") not in answered
+
+
+@pytest.mark.parametrize("rate", [0.0, 10.0])
+def test_clients_retrying_refusals_at_once_draw_them_at_the_paced_rate(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, rate: float
+) -> None:
+    """Six closed-loop clients that retry a 503 at once, for 2 s, against a model that takes 2
+    images per 0.15 s: unpaced (rate 0) they drew 1,861 refusals (and 5 answers) here; paced, a
+    second's worth plus `rate` a second, plus those held the whole `max_refusal_delay_ms` (34, and
+    10 answers)."""
+    wrap_sessions(monkeypatch, delay_s=0.15)
+    body = distinct_jpegs(1)[0]
+    seconds, clients = 2.0, 6
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[dict[int, int], float]:
+        await client.post("/v1/pose", content=body, headers={"content-type": "image/jpeg"})  # loaded
+        codes: dict[int, int] = {}
+        started = time.monotonic()
+
+        async def user() -> None:
+            while time.monotonic() - started < seconds:
+                r = await client.post("/v1/pose", content=body, headers={"content-type": "image/jpeg"})
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+        await asyncio.gather(*(user() for _ in range(clients)))
+        return codes, time.monotonic() - started
+
+    settings = settings_for(model_dir, max_queue_delay_ms=200.0).model_copy(
+        update={"max_refusals_per_s": rate, "max_refusal_delay_ms": 1000.0}
+    )
+    codes, elapsed = run(settings, scenario)
+    assert set(codes) <= {200, 503} and codes.get(200), codes
+    # the bucket's second, its refill, and those held the full second (they reserve nothing)
+    paced_bound = 10 + 10 * elapsed + clients * (elapsed / 1.0 + 1)
+    if rate == 0:
+        assert codes[503] > 3 * paced_bound, codes  # the storm the pacing is for
+    else:
+        assert codes.get(503, 0) <= paced_bound, (codes, elapsed)

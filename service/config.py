@@ -252,10 +252,11 @@ class Settings(BaseSettings):
     max_refusals_per_s: float = Field(
         200.0,
         ge=0,
-        description="POST /v1/pose refusals for overload answered at once per second (a second's worth at once); "
-        "beyond, a refusal waits its turn, at most max_refusal_delay_ms: clients retrying refusals at once cannot "
-        "spend the cores on refusals. 0 = every refusal at once",
+        description="POST /v1/pose refusals for overload answered at once per second once max_refusal_burst went "
+        "at once; beyond, a refusal waits its turn, at most max_refusal_delay_ms: clients retrying refusals at once "
+        "cannot spend the cores on refusals. 0 = every refusal at once",
     )
+    max_refusal_burst: int = Field(1000, ge=1, description="refusals answered at once before pacing starts")
     max_refusal_delay_ms: float = Field(1000.0, gt=0, le=60_000)
     decode_threads: int = Field(2, ge=1, le=64)
     jpeg_decode_scale: float = Field(

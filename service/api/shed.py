@@ -9,8 +9,10 @@ request carries its reserved slot (`SLOT` in the ASGI scope) to the route, which
 of asking again. A backend not loaded yet, or an unknown one, passes through: the route loads it
 or answers 404. Whatever happens after, the slot is released unless the image was queued in it.
 
-Refusals are paced (`RefusalPacer`): beyond `max_refusals_per_s` a second, a refusal is answered
-once the rate allows, at most `max_refusal_delay_ms` later. Clients that retry a refusal at once,
+Refusals are paced (`RefusalPacer`): once `max_refusal_burst` refusals went at once, and while they
+keep coming faster than `max_refusals_per_s`, a refusal is answered when the rate allows, at most
+`max_refusal_delay_ms` later. A burst of new clients is still refused at once (200 clients x 5
+requests: about 800 refusals, within the burst). Clients that retry a refusal at once,
 without waiting its Retry-After, otherwise turn the spare capacity into refusals. On a 2-core CPU
 running a model at 16 img/s, eight such clients (`wrk -c8`) drew about 2,500 refusals a second, and
 answering them halved what the server answered. Waiting costs no CPU: the refusal sleeps without
@@ -39,17 +41,22 @@ POSE_PATH = "/v1/pose"
 
 
 class RefusalPacer:
-    """A token bucket of refusals: `rate` a second, a second's worth at once. A refusal beyond it
+    """A token bucket of refusals: `burst` at once, refilled at `rate` a second. A refusal beyond it
     waits until the bucket allows it, at most `max_delay_s` (one that would wait longer waits that
     long and reserves nothing). With `max_waiting` refusals already waiting, or `rate` 0, the
     answer goes at once. The clock is injected (tests)."""
 
     def __init__(
-        self, rate: float, max_delay_s: float, max_waiting: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        max_delay_s: float,
+        max_waiting: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.rate, self.max_delay_s, self.max_waiting = rate, max_delay_s, max_waiting
+        self.rate, self.burst, self.max_delay_s, self.max_waiting = rate, burst, max_delay_s, max_waiting
         self._clock = clock
-        self._tokens, self._at = rate, clock()
+        self._tokens, self._at = float(burst), clock()
         self.waiting = 0
 
     def delay_s(self) -> float:
@@ -57,7 +64,7 @@ class RefusalPacer:
         if self.rate <= 0:
             return 0.0
         now = self._clock()
-        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
         self._at = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
@@ -84,7 +91,10 @@ class ShedOverload:
         self.app, self.services = app, services
         settings = services.settings
         self.pacer = RefusalPacer(
-            settings.max_refusals_per_s, settings.max_refusal_delay_ms / 1000.0, settings.max_inflight_requests
+            settings.max_refusals_per_s,
+            settings.max_refusal_burst,
+            settings.max_refusal_delay_ms / 1000.0,
+            settings.max_inflight_requests,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -239,9 +239,9 @@ def test_clients_retrying_refusals_at_once_draw_them_at_the_paced_rate(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, rate: float
 ) -> None:
     """Six closed-loop clients that retry a 503 at once, for 2 s, against a model that takes 2
-    images per 0.15 s: unpaced (rate 0) they drew 1,861 refusals (and 5 answers) here; paced, a
-    second's worth plus `rate` a second, plus those held the whole `max_refusal_delay_ms` (34, and
-    10 answers)."""
+    images per 0.15 s: unpaced (rate 0) they drew 1,861 refusals (and 5 answers) here; paced, the
+    burst of 10 plus `rate` a second, plus those held the whole `max_refusal_delay_ms` (34, and 10
+    answers)."""
     wrap_sessions(monkeypatch, delay_s=0.15)
     body = distinct_jpegs(1)[0]
     seconds, clients = 2.0, 6
@@ -260,11 +260,11 @@ def test_clients_retrying_refusals_at_once_draw_them_at_the_paced_rate(
         return codes, time.monotonic() - started
 
     settings = settings_for(model_dir, max_queue_delay_ms=200.0).model_copy(
-        update={"max_refusals_per_s": rate, "max_refusal_delay_ms": 1000.0}
+        update={"max_refusals_per_s": rate, "max_refusal_burst": 10, "max_refusal_delay_ms": 1000.0}
     )
     codes, elapsed = run(settings, scenario)
     assert set(codes) <= {200, 503} and codes.get(200), codes
-    # the bucket's second, its refill, and those held the full second (they reserve nothing)
+    # the burst, its refill, and those held the full second (they reserve nothing)
     paced_bound = 10 + 10 * elapsed + clients * (elapsed / 1.0 + 1)
     if rate == 0:
         assert codes[503] > 3 * paced_bound, codes  # the storm the pacing is for

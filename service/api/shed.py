@@ -12,7 +12,7 @@ or answers 404. Whatever happens after, the slot is released unless the image wa
 Refusals are paced (`RefusalPacer`): once `max_refusal_burst` refusals went at once, and while they
 keep coming faster than `max_refusals_per_s`, a refusal is answered when the rate allows, at most
 `max_refusal_delay_ms` later. A burst of new clients is still refused at once (200 clients x 5
-requests: about 800 refusals, within the burst). Clients that retry a refusal at once,
+requests: about 950 refusals, within the burst). Clients that retry a refusal at once,
 without waiting its Retry-After, otherwise turn the spare capacity into refusals. On a 2-core CPU
 running a model at 16 img/s, eight such clients (`wrk -c8`) drew about 2,500 refusals a second, and
 answering them halved what the server answered. Waiting costs no CPU: the refusal sleeps without

@@ -38,8 +38,10 @@ def test_tune_serves_every_shape_and_keeps_the_picked_one(
         cores=2,
     )
 
-    # a CPU too slow for the 100 ms budget even at batch 1 (a 2-core AMD EPYC) still keeps shapes
+    # a CPU too slow for the 100 ms budget even at batch 1 (a 2-core AMD EPYC) still keeps shapes:
+    # some variant always keeps one
     assert report.budget_ms == held_budget_ms(report.rows, 100.0, 0.1) >= 100.0
+    assert report.best
     assert all(r["eligible"] == (r["batch_p50_ms"] <= report.budget_ms) for r in report.rows)
     variants = sorted({r["variant"] for r in report.rows})
     assert "onnxruntime-fp32" in variants
@@ -50,7 +52,10 @@ def test_tune_serves_every_shape_and_keeps_the_picked_one(
         assert shapes == {(w, t, b) for w, t in ((1, 2), (2, 1), (2, 2)) for b in (1,)}
         assert all(r["img_per_s"] > 0 and r["batch_p50_ms"] > 0 and r["alone_ms"] > 0 for r in rows)
         picked = pick_shape(rows, 0.1)
-        assert picked is not None and report.best[key] == picked
+        if picked is None:  # every shape of this variant slower than the budget another one met
+            assert key not in report.best and key not in kept
+            continue
+        assert report.best[key] == picked
         assert kept[key]["how"] == "tune" and kept[key]["measured"] == "served"
         assert {k: kept[key][k] for k in ("workers", "intra_op_threads", "max_batch")} == {
             k: picked[k] for k in ("workers", "intra_op_threads", "max_batch")

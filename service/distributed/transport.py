@@ -19,7 +19,7 @@ from typing import Protocol
 
 from models.persons import Persons
 from service.backends import BackendManager, LoadedBackend, Prepared
-from service.backends.base import prepare_and_queue
+from service.backends.base import prepare_and_infer
 from service.engine import ItemResult, Ticket
 from service.imaging import decode_image_reduced
 
@@ -117,9 +117,6 @@ class InProcessJobs:
 
     async def run(self, admitted: Admitted, data: bytes, *, deadline: float) -> PoseOutcome:
         assert isinstance(admitted, LocalAdmitted)
-        if not admitted.loaded.queues_prepared:
-            prepared, width, height = await self.prepare(admitted, data, deadline=deadline)
-            return outcome(admitted, await self.infer(admitted, prepared, deadline=deadline), width, height)
         size: list[tuple[int, int]] = []  # the image's, from the thread that decodes it
 
         def prepare() -> Prepared:
@@ -127,7 +124,7 @@ class InProcessJobs:
             size.append((width, height))
             return prepared
 
-        result = await prepare_and_queue(
+        result = await prepare_and_infer(
             self.pool,
             admitted.loaded,
             prepare,

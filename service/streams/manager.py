@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from models.persons import Persons
 from service.backends import BackendManager, LoadedBackend, Prepared
-from service.backends.base import prepare_and_queue
+from service.backends.base import prepare_and_infer
 from service.backends.topdown import DetectionCadence, Detections, TopDownBackend
 from service.config import StreamSettings
 from service.errors import (
@@ -320,9 +320,10 @@ class StreamManager:
                 lost_s = 0.0
                 if in_flight is not None and busy:
                     await asyncio.wait({in_flight})
-                    lost_s = max(0.0, loop.time() - max(next_allowed, woke_at))
+                    freed = loop.time()
+                    lost_s = max(0.0, freed - max(next_allowed, woke_at))
                     if lost_s:  # counted below; the grid resumes now, or the next wait counts it again
-                        next_allowed = loop.time()
+                        next_allowed = freed
                 if (delay := next_allowed - loop.time()) > 0:
                     await asyncio.sleep(delay)
                 frame = stream.reader.latest(stream.last_seq)
@@ -384,15 +385,10 @@ class StreamManager:
                     result = await backend.infer_cadenced(
                         item, cadence, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
                     )
-                elif backend.queues_prepared:  # the pool thread queues the frame it prepared
-                    prepare = functools.partial(_prepare_bgr, backend, frame)
-                    result = await prepare_and_queue(
-                        self._pool, backend, prepare, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
-                    )
                 else:
-                    prepared = await loop.run_in_executor(self._pool, _prepare_bgr, backend, frame)
-                    result = await backend.infer(
-                        prepared, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
+                    prepare = functools.partial(_prepare_bgr, backend, frame)
+                    result = await prepare_and_infer(
+                        self._pool, backend, prepare, deadline=deadline, wait_s=wait_s, key=stream.id, ticket=ticket
                     )
             finally:
                 ticket.release()  # a no-op once the frame was queued in its slot

@@ -1,11 +1,16 @@
 """Camera load test: N real RTSP cameras -> a real server -> WebSocket clients; freshness report.
 
     python -m loadtest.streams --cameras 4 --seconds 120 --out bench-results/streams-4.json
+    python -m loadtest.streams --cameras 2,4,6,8 --seconds 40      # how many cameras it serves
 
 Starts the camera fleet (GStreamer rtsp-server + ffmpeg, looping the pose2sim videos at --fps)
 and `poseserve serve` on an ephemeral loopback port, subscribes every camera, keeps one
 WebSocket client per camera, and reports per camera: result fps, capture->result age p50/p99/max,
 frames by outcome, reader CPU. Everything started is stopped at the end.
+
+Given several camera counts, it runs each in turn (a fresh fleet and server each) and names the
+most cameras served: every camera's capture->result age p99 within `--age-budget-ms` (500) and
+none without results, at that count and every smaller one run.
 """
 
 from __future__ import annotations
@@ -105,18 +110,31 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="camera load test")
-    parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--fps", type=int, default=25, help="camera frame rate")
-    parser.add_argument("--max-fps", type=float, default=25.0, help="per-stream inference cap")
-    parser.add_argument("--warmup", type=float, default=8.0)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/streams.json"))
-    args = parser.parse_args()
-    report = run(args.cameras, args.seconds, args.fps, args.max_fps, args.warmup)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+def served(report: dict[str, Any], age_budget_ms: float) -> bool:
+    """Whether every camera of a `run` got results, at capture->result age p99 within the budget."""
+    return all(r["results"] > 0 and r["age_p99_ms"] <= age_budget_ms for r in report["rows"])
+
+
+def most_served(reports: list[dict[str, Any]], age_budget_ms: float) -> int:
+    """The largest camera count of `reports` (each run at one count) served (`served`) with every
+    smaller count served too: a count that failed caps the answer, even if a larger one then passed
+    (noise, not capacity). 0 if the smallest failed."""
+    most = 0
+    for report in sorted(reports, key=lambda r: r["cameras"]):
+        if not served(report, age_budget_ms):
+            break
+        most = report["cameras"]
+    return most
+
+
+def _counts(text: str) -> list[int]:
+    counts = sorted({int(c) for c in text.split(",") if c.strip()})
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError("camera counts are positive integers, e.g. 4 or 2,4,6,8")
+    return counts
+
+
+def _print(report: dict[str, Any]) -> None:
     columns = [
         "stream",
         "results",
@@ -127,10 +145,36 @@ def main() -> None:
         "age_max_ms",
         "reader_cpu_pct",
     ]
+    print(f"{report['cameras']} cameras at {report['camera_fps']} fps:")
     print("  ".join(f"{c:>14}" for c in columns))
     for row in report["rows"]:
         print("  ".join(f"{row[c]!s:>14}" for c in columns), " frames:", row["frames"])
-    print(f"server process CPU: {report['server_cpu_pct']}% of one core (2 cores = 200%)")
+    results = sum(r["results"] for r in report["rows"]) / report["seconds"]
+    print(f"results/s in all: {results:.1f}; server process CPU: {report['server_cpu_pct']}% of one core")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="camera load test")
+    parser.add_argument("--cameras", type=_counts, default=[4], help="camera count, or counts (2,4,6,8) run in turn")
+    parser.add_argument(
+        "--age-budget-ms", type=float, default=500.0, help="capture->result age p99 a camera is served within"
+    )
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--fps", type=int, default=25, help="camera frame rate")
+    parser.add_argument("--max-fps", type=float, default=25.0, help="per-stream inference cap")
+    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("bench-results/streams.json"))
+    args = parser.parse_args()
+    reports = []
+    for cameras in args.cameras:
+        reports.append(run(cameras, args.seconds, args.fps, args.max_fps, args.warmup))
+        _print(reports[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    if len(reports) > 1:
+        verdicts = ", ".join(f"{r['cameras']}: {'yes' if served(r, args.age_budget_ms) else 'no'}" for r in reports)
+        print(f"served (age p99 <= {args.age_budget_ms:g} ms) -- {verdicts}")
+        print(f"most cameras served: {most_served(reports, args.age_budget_ms)}")
     print(f"wrote {args.out}")
 
 

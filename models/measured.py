@@ -20,11 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MeasuredStore", "machine_description", "machine_id"]
+__all__ = ["MeasuredStore", "cpu_has_int8_dot", "machine_description", "machine_id"]
 
 logger = logging.getLogger(__name__)
 
-_SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def _cpu_info() -> tuple[str, list[str]]:
@@ -38,6 +39,12 @@ def _cpu_info() -> tuple[str, list[str]]:
                 flags = [f for f in value.split() if f in _SPEED_FLAGS]
                 break
     return model, sorted(flags)
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether this x86 CPU multiplies int8 with one instruction per 4-product sum (VNNI or AMX).
+    Without it, int8 kernels (ONNX Runtime's u8s8) sum pairs of products in 16 bits, which saturate."""
+    return bool(_INT8_DOT_FLAGS & set(_cpu_info()[1]))
 
 
 def _version(package: str) -> str | None:

@@ -316,7 +316,11 @@ def tune_cmd(
     ] = None,
     batch: Annotated[str, typer.Option(help="comma-separated batch sizes to try")] = "1,2,4,8",
     seconds: Annotated[float, typer.Option(help="seconds per measurement")] = 1.5,
-    latency_budget_ms: Annotated[float, typer.Option(help="longest median batch time accepted")] = 100.0,
+    latency_budget_ms: Annotated[float, typer.Option(help="longest median lone request accepted")] = 100.0,
+    batch_bound_ms: Annotated[
+        float | None,
+        typer.Option(help="longest median batch time under load accepted (default: max_queue_delay_ms, else 1000)"),
+    ] = None,
     throughput_tolerance: Annotated[
         float,
         typer.Option(help="give up at most this fraction of the best img/s for a lone request this much faster"),
@@ -336,6 +340,7 @@ def tune_cmd(
         batches=_ints(batch),
         seconds=seconds,
         latency_budget_ms=latency_budget_ms,
+        batch_bound_ms=batch_bound_ms,
         throughput_tolerance=throughput_tolerance,
     )
     columns = ["variant", "workers", "intra_op_threads", "max_batch", "img_per_s", "batch_p50_ms", "alone_ms"]
@@ -358,13 +363,14 @@ def tune_cmd(
         raise typer.Exit(1)
     if report.budget_ms > latency_budget_ms:
         typer.echo(
-            f"no shape ran a batch within {latency_budget_ms} ms on this machine: held to {report.budget_ms} ms, "
-            f"the shortest measured + {throughput_tolerance:.0%}",
+            f"no shape answered a lone request within {latency_budget_ms} ms on this machine: held to "
+            f"{report.budget_ms} ms, the shortest measured + {throughput_tolerance:.0%}",
             err=True,
         )
     typer.echo(
-        f"chosen: {report.chosen}, the most images per second within {report.budget_ms} ms per batch; "
-        "explicit settings (POSESERVE_BATCHING__*, POSESERVE_BACKENDS) still win"
+        f"chosen: {report.chosen}, the most images per second of the shapes answering a lone request within "
+        f"{report.budget_ms} ms and running a batch within {report.batch_bound_ms} ms; explicit settings "
+        "(POSESERVE_BATCHING__*, POSESERVE_BACKENDS) still win"
     )
 
 

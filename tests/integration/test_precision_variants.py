@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from models import registry
+from models.measured import cpu_has_int8_dot
 from models.optimize import optimize, read_rgb
 from models.pipelines import build
 from models.runtimes import open_session, variant_name
@@ -122,6 +123,7 @@ def test_int8_variant_calibrates_on_video_frames(own_store: WeightsStore, shared
     variant = result.card.variant
     assert variant is not None and variant.calibration is not None
     assert variant.calibration["frames"] >= 4 and all("#frame-" in s for s in variant.calibration["sources"])
+    assert variant.calibration["weight_bits"] == (8 if cpu_has_int8_dot() else 7)
     name = variant_name(MODEL, "onnxruntime", "int8")
     assert result.installed == (variant.accuracy["ap_delta"] >= -0.01) == own_store.available(name)
 

@@ -122,6 +122,7 @@ class StageRunner(Generic[In, Out, Session]):
             raise ValueError("a stage needs at least one session")
         self.backend, self.stage = backend, stage
         self.max_queue_delay_ms = settings.max_queue_delay_ms
+        self.max_batch = settings.max_batch
         self._nice = settings.worker_nice
         self._clock = clock
         self._batcher: DynamicBatcher[_Job[In, Out]] = DynamicBatcher(

@@ -140,6 +140,11 @@ class LoadedBackend:
         """The stage whole images enter first; admission is decided there."""
         raise NotImplementedError
 
+    @property
+    def images_at_once(self) -> int:
+        """Images its entry stage runs at once: every worker's batch full."""
+        return self.entry_runner.worker_count * self.entry_runner.max_batch
+
     def admit(self) -> Ticket:
         """Reserve a slot for one image before reading or decoding it (see `StageRunner.admit`):
         raises an `OverloadedError` (with `retry_after_s`) when it would wait too long."""

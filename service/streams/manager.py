@@ -1,11 +1,14 @@
 """Camera subscriptions: a reader per camera, a scheduler per stream, WebSocket fan-out.
 
 Latest-frame policy: the reader keeps only the newest frame and wakes the stream's scheduler;
-the scheduler takes the newest frame once the stream's single in-flight slot is free and
-`1 / max_fps` has passed since the last submission, and submits it into the backend's shared
-batcher (key = stream id, so cameras share batches fairly) with a deadline of
-`capture + frame_max_age_ms`. At most one frame per stream is in flight, so stale frames never
-queue. Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
+the scheduler takes the newest frame once the stream's single in-flight slot is free,
+`1 / max_fps` has passed since the last submission and the backend's `FrameGate` lets one more
+camera frame in (as many as the backend runs at once, plus one being prepared; streams take turns
+in arrival order), and submits it into the backend's shared batcher (key = stream id, so cameras
+share batches fairly) with a deadline of `capture + frame_max_age_ms`. At most one frame per
+stream is in flight and a frame is taken only when the backend is about to run it, so stale frames
+never queue: with more cameras than the backend keeps up with, each gets fewer results, as fresh.
+Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
 boundary: whatever it raises costs that frame (`error`, logged rate-limited), never the scheduler.
 
 Housekeeping (every `housekeeping_period_s`) notices stalled cameras, publishes the fps gauges and
@@ -54,6 +57,7 @@ from service.schemas import (
     persons_json,
 )
 from service.streams.errorlog import ThrottledLog
+from service.streams.gate import FrameGate
 from service.streams.reader import CameraReader, Frame
 from service.streams.states import FrameOutcome, StreamState
 from service.streams.stream import ClientQueue, Stream
@@ -96,6 +100,8 @@ class StreamManager:
         self._reader_factory = reader_factory
         self._det_every_n = det_every_n
         self._streams: dict[str, Stream] = {}
+        self._gates: dict[str, FrameGate] = {}
+        """per backend name: its camera frames in flight (`FrameGate`), sized once it has loaded"""
         self._housekeeping: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -326,12 +332,19 @@ class StreamManager:
                         next_allowed = freed
                 if (delay := next_allowed - loop.time()) > 0:
                     await asyncio.sleep(delay)
+                gate = self._gates.setdefault(stream.backend, FrameGate())
+                asked = loop.time()
+                await gate.acquire()  # the backend's turn: waiting for it loses slots as a busy one does
+                if (waited := loop.time() - asked) > 0:
+                    lost_s += waited
+                    next_allowed = loop.time()
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
+                    gate.release()
                     continue
                 superseded = frame.seq - stream.last_seq - 1
                 overload = 0
-                if lost_s:  # max_fps slots that passed while a frame waited for the busy slot
+                if lost_s:  # max_fps slots that passed while a frame waited for the busy slot or the gate
                     lost_slots += lost_s / period_s
                     whole = int(lost_slots)
                     lost_slots -= whole
@@ -340,6 +353,7 @@ class StreamManager:
                 self._count(stream, FrameOutcome.SKIPPED, superseded - overload)
                 stream.last_seq = frame.seq
                 if time.monotonic() - frame.captured_mono > max_age_s:
+                    gate.release()
                     self._count(stream, FrameOutcome.DROPPED_STALE)
                     continue
                 # the next slot stays on the max_fps grid, so late wake-ups do not add up to a lower
@@ -347,6 +361,7 @@ class StreamManager:
                 now = loop.time()
                 next_allowed = next_allowed + period_s if now - next_allowed < period_s else now + period_s
                 in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
+                in_flight.add_done_callback(lambda _, g=gate: g.release())  # cancelled before it ran, too
         finally:
             if in_flight is not None:
                 in_flight.cancel()
@@ -376,6 +391,7 @@ class StreamManager:
         loop = asyncio.get_running_loop()
         try:
             backend = await self._backends.acquire(stream.backend)
+            self._gates[stream.backend].resize(backend.images_at_once + 1)
             ticket = backend.admit()  # a frame the backend cannot take is refused before any work
             deadline, wait_s = frame.captured_mono + max_age_s, max_age_s + self._inference_timeout_s
             try:

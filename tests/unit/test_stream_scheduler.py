@@ -92,7 +92,11 @@ class FakeBackend:
     infer_s: float = 0.0
     untrained: bool = False
     calls: int = 0
+    running: int = 0
+    most_running: int = 0
+    """the most `infer` calls at once"""
     queues_prepared = False  # the scheduler awaits `infer`, which this script drives
+    images_at_once = 1
 
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
         return image_rgb
@@ -104,14 +108,19 @@ class FakeBackend:
         self, prepared: np.ndarray, *, deadline: float, wait_s: float, key: Any = None, ticket: Any = None
     ) -> Any:
         self.calls += 1
-        step = self.script.popleft() if self.script else None
-        if step is None and self.infer_s:
-            await asyncio.sleep(self.infer_s)
-        if isinstance(step, asyncio.Event):
-            await step.wait()
-        elif step is not None:
-            raise step
-        return SimpleNamespace(value=NoPersons(), queue_s=0.001, inference_s=0.002)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            step = self.script.popleft() if self.script else None
+            if step is None and self.infer_s:
+                await asyncio.sleep(self.infer_s)
+            if isinstance(step, asyncio.Event):
+                await step.wait()
+            elif step is not None:
+                raise step
+            return SimpleNamespace(value=NoPersons(), queue_s=0.001, inference_s=0.002)
+        finally:
+            self.running -= 1
 
 
 @dataclass
@@ -132,6 +141,8 @@ class Harness:
     backend: FakeBackend
     stream: Stream
     reader: FakeReader
+    streams: list[Stream]
+    readers: list[FakeReader]
 
     counted: dict[str, float] = field(default_factory=dict)
     """`stream_frames_total` of the stream by outcome, read before the harness closed (and forgot it)"""
@@ -157,7 +168,8 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(max_fps: float = 100.0, frame_max_age_ms: float = 500.0) -> AsyncIterator[Harness]:
+async def harness(max_fps: float = 100.0, frame_max_age_ms: float = 500.0, cameras: int = 1) -> AsyncIterator[Harness]:
+    """The manager with `cameras` streams on one fake backend (`Harness.stream`: the first)."""
     readers: list[FakeReader] = []
 
     def reader_factory(*args: Any, **kwargs: Any) -> FakeReader:
@@ -179,8 +191,11 @@ async def harness(max_fps: float = 100.0, frame_max_age_ms: float = 500.0) -> As
             reader_factory=reader_factory,
         )
         manager.start()
-        stream = await manager.create("rtsp://127.0.0.1/cam", name="cam", backend=None, max_fps=max_fps)
-        h = Harness(manager, metrics, backend, stream, readers[0])
+        streams = [
+            await manager.create(f"rtsp://127.0.0.1/cam{i}", name=f"cam{i}", backend=None, max_fps=max_fps)
+            for i in range(cameras)
+        ]
+        h = Harness(manager, metrics, backend, streams[0], readers[0], streams, readers)
         try:
             yield h
         finally:
@@ -225,6 +240,32 @@ def test_frames_superseded_while_the_slot_is_busy_are_dropped_overload() -> None
     h = asyncio.run(scenario())
     assert h.outcomes() == {"processed": 2, "dropped_overload": 2}
     assert h.backend.calls == 2
+
+
+def test_cameras_past_what_the_backend_runs_take_turns_instead_of_queueing() -> None:
+    """Four cameras at 100 fps on a backend that runs one image at a time (50 ms): at most that
+    one and one more frame are in it at once, the streams served in turn; every frame one outcome."""
+
+    async def scenario() -> Harness:
+        async with harness(cameras=4) as h:
+            h.backend.infer_s = 0.05
+            for _ in range(60):
+                for reader in h.readers:
+                    reader.push()
+                await asyncio.sleep(0.01)
+            deadline = time.monotonic() + 5.0
+            while any(sum(s.outcomes.values()) < r.frames_read for s, r in zip(h.streams, h.readers, strict=True)):
+                assert time.monotonic() < deadline, [s.outcomes for s in h.streams]
+                await asyncio.sleep(0.01)
+            return h
+
+    h = asyncio.run(scenario())
+    assert h.backend.most_running == 2  # without the gate: one per camera, 4
+    processed = [s.outcomes.get(FrameOutcome.PROCESSED, 0) for s in h.streams]
+    assert min(processed) >= 2 and max(processed) - min(processed) <= 2, processed
+    for stream in h.streams:
+        assert sum(stream.outcomes.values()) == 60
+        assert stream.outcomes.get(FrameOutcome.DROPPED_OVERLOAD, 0) > 0  # frames lost waiting for the turn
 
 
 async def camera(h: Harness, fps: float, seconds: float) -> float:

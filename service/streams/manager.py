@@ -361,7 +361,7 @@ class StreamManager:
                 now = loop.time()
                 next_allowed = next_allowed + period_s if now - next_allowed < period_s else now + period_s
                 in_flight = asyncio.create_task(self._process(stream, frame, max_age_s))
-                in_flight.add_done_callback(lambda _, g=gate: g.release())  # cancelled before it ran, too
+                in_flight.add_done_callback(functools.partial(_give_back, gate))  # cancelled before it ran, too
         finally:
             if in_flight is not None:
                 in_flight.cancel()
@@ -466,6 +466,10 @@ class StreamManager:
             TrackedPerson.model_construct(**p, track_id=t)
             for p, t in zip(persons_json(persons), track_ids, strict=True)
         ]
+
+
+def _give_back(gate: FrameGate, _: asyncio.Task[None]) -> None:
+    gate.release()
 
 
 def _prepare_bgr(backend: LoadedBackend, frame: Frame) -> Prepared:

@@ -10,7 +10,7 @@ frames by outcome, reader CPU. Everything started is stopped at the end.
 
 Given several camera counts, it runs each in turn (a fresh fleet and server each) and names the
 most cameras served: every camera's capture->result age p99 within `--age-budget-ms` (500) and
-none without results, at that count and every smaller one run.
+at least `--min-result-fps` results a second (default 0: any), at that count and every smaller one.
 """
 
 from __future__ import annotations
@@ -110,18 +110,22 @@ def run(cameras: int, seconds: float, fps: int, max_fps: float, warmup_s: float)
     }
 
 
-def served(report: dict[str, Any], age_budget_ms: float) -> bool:
-    """Whether every camera of a `run` got results, at capture->result age p99 within the budget."""
-    return all(r["results"] > 0 and r["age_p99_ms"] <= age_budget_ms for r in report["rows"])
+def served(report: dict[str, Any], age_budget_ms: float, min_result_fps: float = 0.0) -> bool:
+    """Whether every camera of a `run` got results, at least `min_result_fps` of them, at
+    capture->result age p99 within the budget."""
+    return all(
+        r["results"] > 0 and r["result_fps"] >= min_result_fps and r["age_p99_ms"] <= age_budget_ms
+        for r in report["rows"]
+    )
 
 
-def most_served(reports: list[dict[str, Any]], age_budget_ms: float) -> int:
+def most_served(reports: list[dict[str, Any]], age_budget_ms: float, min_result_fps: float = 0.0) -> int:
     """The largest camera count of `reports` (each run at one count) served (`served`) with every
     smaller count served too: a count that failed caps the answer, even if a larger one then passed
     (noise, not capacity). 0 if the smallest failed."""
     most = 0
     for report in sorted(reports, key=lambda r: r["cameras"]):
-        if not served(report, age_budget_ms):
+        if not served(report, age_budget_ms, min_result_fps):
             break
         most = report["cameras"]
     return most
@@ -159,6 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--age-budget-ms", type=float, default=500.0, help="capture->result age p99 a camera is served within"
     )
+    parser.add_argument(
+        "--min-result-fps", type=float, default=0.0, help="results per second each camera must get to be served"
+    )
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--fps", type=int, default=25, help="camera frame rate")
     parser.add_argument("--max-fps", type=float, default=25.0, help="per-stream inference cap")
@@ -172,9 +179,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     if len(reports) > 1:
-        verdicts = ", ".join(f"{r['cameras']}: {'yes' if served(r, args.age_budget_ms) else 'no'}" for r in reports)
-        print(f"served (age p99 <= {args.age_budget_ms:g} ms) -- {verdicts}")
-        print(f"most cameras served: {most_served(reports, args.age_budget_ms)}")
+        limits = (args.age_budget_ms, args.min_result_fps)
+        verdicts = ", ".join(f"{r['cameras']}: {'yes' if served(r, *limits) else 'no'}" for r in reports)
+        print(f"served (age p99 <= {args.age_budget_ms:g} ms, >= {args.min_result_fps:g} results/s) -- {verdicts}")
+        print(f"most cameras served: {most_served(reports, *limits)}")
     print(f"wrote {args.out}")
 
 

@@ -11,13 +11,16 @@ from loadtest.streams import _counts, most_served, served
 
 
 def _report(cameras: int, ages_p99: list[float], results: int = 100) -> dict[str, Any]:
-    return {"cameras": cameras, "rows": [{"results": results, "age_p99_ms": a} for a in ages_p99]}
+    rows = [{"results": results, "result_fps": results / 40, "age_p99_ms": a} for a in ages_p99]
+    return {"cameras": cameras, "rows": rows}
 
 
 def test_a_count_is_served_only_when_every_camera_is_within_the_budget() -> None:
     assert served(_report(2, [300.0, 500.0]), 500.0)
     assert not served(_report(2, [300.0, 500.1]), 500.0)
     assert not served(_report(1, [0.0], results=0), 500.0)  # no results is not fresh results
+    assert served(_report(1, [300.0], results=40), 500.0, min_result_fps=1.0)
+    assert not served(_report(1, [300.0], results=39), 500.0, min_result_fps=1.0)  # fresh but too few
 
 
 def test_most_served_stops_at_the_first_count_that_failed() -> None:

@@ -25,6 +25,7 @@ import pytest
 from service.config import StreamSettings
 from service.errors import DeadlineExceededError, QueueFullError, WeightsMissingError
 from service.metrics import Metrics
+from service.streams.gate import FrameGate
 from service.streams.manager import StreamManager
 from service.streams.reader import Frame
 from service.streams.states import FrameOutcome, StreamState
@@ -266,6 +267,34 @@ def test_cameras_past_what_the_backend_runs_take_turns_instead_of_queueing() -> 
     for stream in h.streams:
         assert sum(stream.outcomes.values()) == 60
         assert stream.outcomes.get(FrameOutcome.DROPPED_OVERLOAD, 0) > 0  # frames lost waiting for the turn
+
+
+def test_streams_removed_while_waiting_their_turn_or_in_flight_leave_no_place_held() -> None:
+    """Cameras removed while their frame runs or while they wait at the gate give their places
+    back: the one left runs on, and once it is idle nothing is held."""
+
+    async def scenario() -> FrameGate:
+        async with harness(cameras=4) as h:
+            h.backend.infer_s = 0.05
+            for _ in range(10):
+                for reader in h.readers:
+                    reader.push()
+                await asyncio.sleep(0.01)
+            gate = h.manager._gates["fake"]
+            assert gate.held == 2 and gate.waiting >= 1  # two frames in (one at once, one more), others wait
+            for stream in h.streams[1:]:
+                await h.manager.delete(stream.id)
+            before = h.stream.outcomes.get(FrameOutcome.PROCESSED, 0)
+            for _ in range(10):
+                h.reader.push()
+                await asyncio.sleep(0.06)
+            await h.settle(h.reader.frames_read)
+            assert h.stream.outcomes.get(FrameOutcome.PROCESSED, 0) > before
+            assert (gate.held, gate.waiting) == (0, 0)  # the last frame done
+            return gate
+
+    gate = asyncio.run(scenario())
+    assert (gate.held, gate.waiting) == (0, 0)  # and the manager closed
 
 
 async def camera(h: Harness, fps: float, seconds: float) -> float:

@@ -4,10 +4,11 @@ Each stream has at most one frame in flight; without a gate, N cameras on a back
 image at a time queue N frames, and every result is about N inference times old (on a 2-core CPU,
 6 cameras at 70 ms an image: capture->result age p50 520 ms). Through the gate a stream waits
 before it takes a frame, and takes the newest one when its turn comes, so a frame waits for at
-most the images already in the backend: results stay about as fresh at any number of cameras, and
-each camera's share of the backend's rate shrinks instead (what an overloaded camera must lose in
-any case: DESIGN's latest-frame policy). On that CPU, 8 real RTSP cameras at 25 fps: age p99
-593-629 ms before, 263-295 ms through the gate, results a second in all 9.2 and 10.6.
+most the images already in the backend (the manager lets in twice what it runs at once): results
+stay about as fresh at any number of cameras, and each camera's share of the backend's rate
+shrinks instead (what an overloaded camera must lose in any case: DESIGN's latest-frame policy).
+On that CPU, 8 real RTSP cameras at 25 fps: age p99 593-629 ms before, 263-295 ms through the
+gate, results a second in all 9.2 and 10.6.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Latest-frame policy: the reader keeps only the newest frame and wakes the stream's scheduler;
 the scheduler takes the newest frame once the stream's single in-flight slot is free,
 `1 / max_fps` has passed since the last submission and the backend's `FrameGate` lets one more
-camera frame in (as many as the backend runs at once, plus one being prepared; streams take turns
-in arrival order), and submits it into the backend's shared batcher (key = stream id, so cameras
-share batches fairly) with a deadline of `capture + frame_max_age_ms`. At most one frame per
+camera frame in (twice as many as the backend runs at once: those running and the next ones,
+prepared meanwhile; streams take turns in arrival order), and submits it into the backend's
+shared batcher (key = stream id, so cameras share batches fairly) with a deadline of
+`capture + frame_max_age_ms`. At most one frame per
 stream is in flight and a frame is taken only when the backend is about to run it, so stale frames
 never queue: with more cameras than the backend keeps up with, each gets fewer results, as fresh.
 Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
@@ -391,7 +392,9 @@ class StreamManager:
         loop = asyncio.get_running_loop()
         try:
             backend = await self._backends.acquire(stream.backend)
-            self._gates[stream.backend].resize(backend.images_at_once + 1)
+            # the frames it runs at once and as many ready behind them, so that no worker waits for
+            # the next batch to be prepared (on a GPU, a whole batch of letterboxing)
+            self._gates[stream.backend].resize(2 * backend.images_at_once)
             ticket = backend.admit()  # a frame the backend cannot take is refused before any work
             deadline, wait_s = frame.captured_mono + max_age_s, max_age_s + self._inference_timeout_s
             try:

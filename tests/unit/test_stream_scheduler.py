@@ -245,7 +245,7 @@ def test_frames_superseded_while_the_slot_is_busy_are_dropped_overload() -> None
 
 def test_cameras_past_what_the_backend_runs_take_turns_instead_of_queueing() -> None:
     """Four cameras at 100 fps on a backend that runs one image at a time (50 ms): at most that
-    one and one more frame are in it at once, the streams served in turn; every frame one outcome."""
+    one and the next frame are in it at once, the streams served in turn; every frame one outcome."""
 
     async def scenario() -> Harness:
         async with harness(cameras=4) as h:
@@ -281,7 +281,7 @@ def test_streams_removed_while_waiting_their_turn_or_in_flight_leave_no_place_he
                     reader.push()
                 await asyncio.sleep(0.01)
             gate = h.manager._gates["fake"]
-            assert gate.held == 2 and gate.waiting >= 1  # two frames in (one at once, one more), others wait
+            assert gate.held == 2 and gate.waiting >= 1  # two frames in (one running, the next), others wait
             for stream in h.streams[1:]:
                 await h.manager.delete(stream.id)
             before = h.stream.outcomes.get(FrameOutcome.PROCESSED, 0)

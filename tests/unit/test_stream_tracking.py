@@ -38,6 +38,7 @@ class PersonsBackend:
     untrained: bool = False
     calls: int = 0
     queues_prepared = False  # the scheduler awaits `infer`, which answers from the script
+    images_at_once = 1
     seen: list[weakref.ref[np.ndarray]] = field(default_factory=list)
 
     def prepare(self, image_rgb: np.ndarray) -> np.ndarray:

@@ -128,6 +128,7 @@ def test_a_stopped_reader_is_never_restarted() -> None:
 class NoPersonsBackend:
     untrained: ClassVar[bool] = False
     queues_prepared: ClassVar[bool] = False  # the scheduler awaits `infer`
+    images_at_once: ClassVar[int] = 1
 
     def spec(self, name: str) -> None:
         return None

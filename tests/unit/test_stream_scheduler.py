@@ -159,6 +159,13 @@ class Harness:
             if value:  # every outcome's series exists from 0
                 self.counted[outcome] = value
 
+    async def push_all(self, frames: int, every_s: float = 0.01) -> None:
+        """`frames` frames on every camera, one round every `every_s`."""
+        for _ in range(frames):
+            for reader in self.readers:
+                reader.push()
+            await asyncio.sleep(every_s)
+
     async def settle(self, frames: int, timeout_s: float = 5.0) -> None:
         """Wait until `frames` outcomes are counted, then a little longer (a double count would show)."""
         deadline = time.monotonic() + timeout_s
@@ -250,10 +257,7 @@ def test_cameras_past_what_the_backend_runs_take_turns_instead_of_queueing() -> 
     async def scenario() -> Harness:
         async with harness(cameras=4) as h:
             h.backend.infer_s = 0.05
-            for _ in range(60):
-                for reader in h.readers:
-                    reader.push()
-                await asyncio.sleep(0.01)
+            await h.push_all(60)
             deadline = time.monotonic() + 5.0
             while any(sum(s.outcomes.values()) < r.frames_read for s, r in zip(h.streams, h.readers, strict=True)):
                 assert time.monotonic() < deadline, [s.outcomes for s in h.streams]
@@ -276,10 +280,7 @@ def test_streams_removed_while_waiting_their_turn_or_in_flight_leave_no_place_he
     async def scenario() -> FrameGate:
         async with harness(cameras=4) as h:
             h.backend.infer_s = 0.05
-            for _ in range(10):
-                for reader in h.readers:
-                    reader.push()
-                await asyncio.sleep(0.01)
+            await h.push_all(10)
             gate = h.manager._gates["fake"]
             assert gate.held == 2 and gate.waiting >= 1  # two frames in (one running, the next), others wait
             for stream in h.streams[1:]:

@@ -22,9 +22,8 @@ session using both, yet they answer more requests sooner at every load that keep
 fast alone. On a 2-core AMD EPYC a 100 ms budget on the batch time kept OpenVINO fp32 in one 2-thread
 session (93 ms batches, 73.6 ms alone) over two (122 ms, 76.2 ms alone), which then served 15.5
 against 16.1 req/s at 8 clients and the same lone request (66.8 ms) in three alternated rounds.
-The splits use every
-core once (2 cores: 1x2, 2x1) and also give each of several sessions every core (2x2): whether a
-runtime tolerates that oversubscription only a measurement tells. Of the eligible shapes within
+The splits use every core once (2 cores: 1x2, 2x1) and also give each of several sessions every
+core (2x2): whether a runtime tolerates that oversubscription only a measurement tells. Of the eligible shapes within
 `throughput_tolerance` of a variant's highest throughput, those whose lone request is faster by
 more than that fraction win (a server seldom runs at exactly full load), the highest throughput of
 them kept; else the highest throughput is. The kept shape of each variant goes

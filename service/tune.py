@@ -125,6 +125,11 @@ def held_budget_ms(rows: Sequence[dict[str, Any]], budget_ms: float, tolerance: 
     return budget_ms if shortest <= budget_ms else round(shortest * (1.0 + tolerance), 2)
 
 
+def _queue_bound_ms(settings: BackendSettings) -> float:
+    """The longest the backend lets an image wait (`max_queue_delay_ms`; 1 s where it sets none)."""
+    return settings.max_queue_delay_ms if settings.max_queue_delay_ms is not None else 1000.0
+
+
 def mark_eligible(
     rows: Sequence[dict[str, Any]], budget_ms: float, batch_bound_ms: float, tolerance: float
 ) -> tuple[float, float]:
@@ -354,7 +359,7 @@ def tune(
                 rows.append(result)
                 logger.info("%s", result)
     if batch_bound_ms is None:
-        batch_bound_ms = settings.max_queue_delay_ms if settings.max_queue_delay_ms is not None else 1000.0
+        batch_bound_ms = _queue_bound_ms(settings)
     budget_ms, bound_ms = mark_eligible(rows, latency_budget_ms, batch_bound_ms, throughput_tolerance)
     for held, asked, what in (
         (budget_ms, latency_budget_ms, "answered a lone request"),
@@ -405,12 +410,8 @@ def tune_if_unmeasured(store: WeightsStore, name: str, settings: BackendSettings
         )
         return None
     started = time.monotonic()
-    # a batch may take as long as the backend lets an image wait: its own bound, not the CLI's default
-    bound_ms = settings.max_queue_delay_ms if settings.max_queue_delay_ms is not None else 1000.0
-    try:
-        report = tune(
-            store, name, settings, seconds=AT_LOAD_SECONDS, latency_budget_ms=bound_ms, batch_bound_ms=bound_ms
-        )
+    try:  # a lone image, like a batch, may take as long as the backend lets an image wait
+        report = tune(store, name, settings, seconds=AT_LOAD_SECONDS, latency_budget_ms=_queue_bound_ms(settings))
     except Exception:  # a measurement must never keep the backend from loading
         logger.exception("%s: tuning at load failed; loading with the configured shape", name)
         return None

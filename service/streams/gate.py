@@ -33,10 +33,6 @@ class FrameGate:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
     def held(self) -> int:
         return self._held
 
@@ -49,11 +45,14 @@ class FrameGate:
         self._capacity = max(1, capacity)
         self._grant()
 
-    async def acquire(self) -> None:
-        """Wait for a place (cancellable: a cancelled waiter holds nothing)."""
+    async def acquire(self) -> bool:
+        """Take a place, waiting for one if none is free (cancellable: a cancelled waiter holds
+        nothing). True when it had to wait."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._grant()  # a free place goes at once (awaiting a done future does not suspend)
+        self._grant()  # a free place goes at once
+        if waiter.done():
+            return False
         try:
             await waiter
         except asyncio.CancelledError:
@@ -63,6 +62,7 @@ class FrameGate:
                 with contextlib.suppress(ValueError):  # `_grant` may have dropped it already
                     self._waiters.remove(waiter)
             raise
+        return True
 
     def release(self) -> None:
         """Give back one place (once per `acquire` that returned)."""

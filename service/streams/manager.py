@@ -1,15 +1,14 @@
 """Camera subscriptions: a reader per camera, a scheduler per stream, WebSocket fan-out.
 
-Latest-frame policy: the reader keeps only the newest frame and wakes the stream's scheduler;
-the scheduler takes the newest frame once the stream's single in-flight slot is free,
-`1 / max_fps` has passed since the last submission and the backend's `FrameGate` lets one more
-camera frame in (twice as many as the backend runs at once: those running and the next ones,
-prepared meanwhile; streams take turns in arrival order), and submits it into the backend's
-shared batcher (key = stream id, so cameras share batches fairly) with a deadline of
-`capture + frame_max_age_ms`. At most one frame per
-stream is in flight and a frame is taken only when the backend is about to run it, so stale frames
-never queue: with more cameras than the backend keeps up with, each gets fewer results, as fresh.
-Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
+Latest-frame policy: the reader keeps only the newest frame and wakes the stream's scheduler; the
+scheduler takes the newest frame once the stream's single in-flight slot is free, `1 / max_fps` has
+passed since the last submission and the backend's `FrameGate` lets one more camera frame in (twice
+as many as the backend runs at once: those running and the next ones, prepared meanwhile; streams
+take turns in arrival order), and submits it into the backend's shared batcher (key = stream id, so
+cameras share batches fairly) with a deadline of `capture + frame_max_age_ms`. At most one frame
+per stream is in flight and a frame is taken only when the backend is about to run it, so stale
+frames never queue: with more cameras than the backend keeps up with, each gets fewer results, as
+fresh. Every frame gets exactly one `FrameOutcome` (DESIGN §5); the processing of one frame is a
 boundary: whatever it raises costs that frame (`error`, logged rate-limited), never the scheduler.
 
 Housekeeping (every `housekeeping_period_s`) notices stalled cameras, publishes the fps gauges and
@@ -335,10 +334,9 @@ class StreamManager:
                     await asyncio.sleep(delay)
                 gate = self._gates.setdefault(stream.backend, FrameGate())
                 asked = loop.time()
-                await gate.acquire()  # the backend's turn: waiting for it loses slots as a busy one does
-                if (waited := loop.time() - asked) > 0:
-                    lost_s += waited
+                if await gate.acquire():  # waited for the backend's turn: slots lost as to a busy slot
                     next_allowed = loop.time()
+                    lost_s += next_allowed - asked
                 frame = stream.reader.latest(stream.last_seq)
                 if frame is None:
                     gate.release()
